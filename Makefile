@@ -1,0 +1,29 @@
+# `make demo` and `make test` create .venv (the project installed editable, with its dev extra)
+# when it is missing or pyproject.toml changed, then run.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	rm -rf runs/demo
+	$(VENV)/bin/jaxopt-ft --config=configs/mnist1d_cnn.py --workdir=runs/demo --noprogress
+	cat runs/demo/report.md
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check jaxopt_ft tests configs benchmarks
+	$(VENV)/bin/ruff check jaxopt_ft tests configs benchmarks
+
+clean:
+	rm -rf $(VENV) runs

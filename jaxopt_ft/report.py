@@ -1,0 +1,94 @@
+"""Uniform experiment reports: ``report.json``, ``report.md`` and PNG plots.
+
+``report.json`` is ``{"experiment", "dataset", "model", "rows": [...], ...}``; each row is a flat
+dict with a ``name`` and its metrics (accuracies as fractions). ``report.md`` renders the rows
+as a Markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if v == 0:
+            return "0"
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        if abs(v) >= 1:
+            return f"{v:.3f}".rstrip("0").rstrip(".")
+        return f"{v:.4f}"
+    return str(v)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """Renders rows as a Markdown table; columns default to the union in first-seen order."""
+    if not rows:
+        return "(no rows)\n"
+    if columns is None:
+        columns = []
+        for row in rows:
+            for k in row:
+                if k not in columns:
+                    columns.append(k)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"Not JSON serialisable: {type(o).__name__}")
+
+
+def write(workdir: str, report: dict[str, Any]) -> None:
+    """Writes ``report.json`` and ``report.md`` into ``workdir`` atomically."""
+    for key in ("experiment", "dataset", "model", "rows"):
+        if key not in report:
+            raise ValueError(f"A report needs the key {key!r}; got keys {sorted(report)}.")
+    os.makedirs(workdir, exist_ok=True)
+    text = json.dumps(report, indent=2, default=_json_default)
+    _atomic_write(os.path.join(workdir, "report.json"), text + "\n")
+    md = [
+        f"# {report['experiment']}: {report['model']} on {report['dataset']}\n",
+        markdown_table(report["rows"]),
+    ]
+    for key, value in report.items():
+        if key in ("experiment", "dataset", "model", "rows"):
+            continue
+        md.append(f"\n**{key}**: `{json.dumps(value, default=_json_default)}`\n")
+    for name in report.get("plots", []):
+        md.append(f"\n![{name}]({name})\n")
+    _atomic_write(os.path.join(workdir, "report.md"), "".join(md))
+
+
+def _atomic_write(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def pyplot():
+    """matplotlib's pyplot on the non-interactive Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -1,0 +1,327 @@
+"""Training state, pure train/eval steps, and the resumable training loop.
+
+A step is a pure function ``train_step(state, batch, key) -> (state, metrics)``; `fit` jits it
+with the state donated and drives it from Python (one compiled call per step). Everything that
+changes how parameters move lives in the optax transformation, so the loop, checkpoints and
+data-parallel wrappers never need to know about pruning masks or frozen groups.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from jaxopt_ft import checkpoint as ckpt_lib
+
+PyTree = Any
+Batch = dict[str, Any]
+StepFn = Callable[..., tuple[Any, dict[str, jax.Array]]]
+
+
+class TrainState(struct.PyTreeNode):
+    """Parameters, optimizer state and model state (BatchNorm statistics) of one model.
+
+    ``batch_stats`` is ``{}`` for models without BatchNorm. ``apply_fn`` and ``tx`` are static.
+    """
+
+    step: jax.Array
+    params: PyTree
+    opt_state: PyTree
+    batch_stats: PyTree
+    apply_fn: Callable = struct.field(pytree_node=False)
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        apply_fn: Callable,
+        params: PyTree,
+        tx: optax.GradientTransformation,
+        batch_stats: PyTree | None = None,
+    ) -> TrainState:
+        return cls(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            batch_stats={} if batch_stats is None else batch_stats,
+            apply_fn=apply_fn,
+            tx=tx,
+        )
+
+    def variables(self, params: PyTree | None = None) -> dict[str, PyTree]:
+        """The ``variables`` dict for ``apply_fn`` (``params`` overrides the state's)."""
+        out = {"params": self.params if params is None else params}
+        if self.batch_stats:
+            out["batch_stats"] = self.batch_stats
+        return out
+
+    def tree(self) -> dict[str, PyTree]:
+        """The array part of the state, as saved in checkpoints."""
+        return {
+            "step": self.step,
+            "params": self.params,
+            "opt_state": self.opt_state,
+            "batch_stats": self.batch_stats,
+        }
+
+    def replace_tree(self, tree: dict[str, PyTree]) -> TrainState:
+        return self.replace(**tree)
+
+
+def init_model(model: nn.Module, key: jax.Array, sample_x: jax.typing.ArrayLike) -> tuple:
+    """Initialises ``model`` on ``sample_x``; returns ``(params, batch_stats)``."""
+    variables = model.init(key, jnp.asarray(sample_x), train=False)
+    return variables["params"], variables.get("batch_stats", {})
+
+
+def cross_entropy(
+    logits: jax.Array, labels: jax.Array, *, label_smoothing: float = 0.0
+) -> jax.Array:
+    """Per-example softmax cross-entropy; ``labels`` are int classes or soft (B, C) targets."""
+    num_classes = logits.shape[-1]
+    if labels.ndim == logits.ndim:
+        targets = labels.astype(logits.dtype)
+    else:
+        targets = jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
+    if label_smoothing:
+        targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
+    return optax.softmax_cross_entropy(logits, targets)
+
+
+def _hard_labels(labels: jax.Array, logits: jax.Array) -> jax.Array:
+    return jnp.argmax(labels, -1) if labels.ndim == logits.ndim else labels
+
+
+def make_train_step(
+    *,
+    augment: Callable[[jax.Array, Batch], Batch] | None = None,
+    label_smoothing: float = 0.0,
+    apply_fn: Callable | None = None,
+) -> StepFn:
+    """Returns a pure ``train_step(state, batch, key) -> (state, metrics)``.
+
+    Args:
+      augment: optional ``(key, batch) -> batch`` applied on device inside the step.
+      label_smoothing: label smoothing of the cross-entropy loss.
+      apply_fn: overrides ``state.apply_fn`` (e.g. a quantization-aware forward pass with the
+        same signature as ``model.apply``).
+    """
+
+    def train_step(state: TrainState, batch: Batch, key: jax.Array):
+        k_aug, k_drop = jax.random.split(key)
+        if augment is not None:
+            batch = augment(k_aug, batch)
+        fwd = apply_fn or state.apply_fn
+        mutable = ["batch_stats"] if state.batch_stats else False
+
+        def loss_fn(params):
+            out = fwd(
+                state.variables(params),
+                batch["x"],
+                train=True,
+                rngs={"dropout": k_drop},
+                mutable=mutable,
+            )
+            logits, model_state = out if mutable else (out, {})
+            loss = cross_entropy(logits, batch["label"], label_smoothing=label_smoothing)
+            return loss.mean(), (logits, model_state)
+
+        (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
+        updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        state = state.replace(
+            step=state.step + 1,
+            params=params,
+            opt_state=opt_state,
+            batch_stats=model_state.get("batch_stats", state.batch_stats),
+        )
+        labels = _hard_labels(batch["label"], logits)
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+        return state, {"loss": loss, "accuracy": accuracy}
+
+    return train_step
+
+
+def make_eval_step(*, apply_fn: Callable | None = None) -> Callable:
+    """Returns ``eval_step(state, batch) -> sums`` over the rows where ``batch["mask"]`` is 1."""
+
+    def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
+        fwd = apply_fn or state.apply_fn
+        logits = fwd(state.variables(), batch["x"], train=False)
+        loss = cross_entropy(logits, batch["label"])
+        mask = batch.get("mask", jnp.ones(loss.shape, jnp.float32))
+        correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+        return {
+            "loss_sum": jnp.sum(loss * mask),
+            "correct": jnp.sum(correct * mask),
+            "count": jnp.sum(mask),
+        }
+
+    return eval_step
+
+
+def evaluate(
+    state: TrainState,
+    batches: Iterator[Batch],
+    *,
+    eval_step: Callable | None = None,
+) -> dict[str, float]:
+    """Runs ``eval_step`` over ``batches``; returns ``test_loss`` and ``test_accuracy``."""
+    step = jax.jit(eval_step or make_eval_step())
+    totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+    for batch in batches:
+        out = jax.device_get(step(state, batch))
+        for k in totals:
+            totals[k] += float(out[k])
+    if totals["count"] == 0:
+        raise ValueError("Evaluation saw no examples: the evaluation split is empty.")
+    return {
+        "test_loss": totals["loss_sum"] / totals["count"],
+        "test_accuracy": totals["correct"] / totals["count"],
+    }
+
+
+def _rewrite_metrics(path: str, phase: str, keep_upto: int) -> None:
+    """Drops this phase's records after ``keep_upto`` (a resumed run logs them again)."""
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill mid-write
+            if rec.get("phase", "train") == phase and rec.get("step", 0) > keep_upto:
+                continue
+            kept.append(json.dumps(rec))
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def fit(
+    state: TrainState,
+    train_step: StepFn,
+    batches: Callable[[int], Iterator[Batch]],
+    *,
+    steps: int,
+    key: jax.Array,
+    workdir: str | None = None,
+    phase: str = "train",
+    checkpoint_every: int = 0,
+    max_to_keep: int = 3,
+    log_every: int = 100,
+    progress: bool = True,
+    jit_step: Callable[[StepFn], StepFn] | None = None,
+) -> tuple[TrainState, dict[str, float]]:
+    """Trains ``state`` for ``steps`` steps in total, resuming from ``workdir`` if possible.
+
+    Args:
+      state: the initial state (also the restore target).
+      train_step: a pure step function.
+      batches: ``start_step -> iterator`` of batches; the batch at step k must depend only on k,
+        so a resumed run sees exactly the batches an uninterrupted run sees.
+      steps: total number of steps of this phase.
+      key: the phase's key; step k uses ``jax.random.fold_in(key, k)``.
+      workdir: when given, checkpoints go to ``workdir/checkpoints/<phase>`` and metrics are
+        appended to ``workdir/metrics.jsonl``.
+      phase: name of this training phase (experiments with several phases resume each).
+      checkpoint_every: save every that many steps (0: only at the end).
+      max_to_keep: checkpoints kept.
+      log_every: metrics logging interval.
+      progress: show a tqdm bar (only when stderr is a terminal).
+      jit_step: compiles the step (default ``jax.jit`` with the state donated); data-parallel
+        wrappers plug in here.
+
+    Returns:
+      ``(state, summary)`` with ``final_train_loss``, ``train_steps_per_s``, ``train_wall_s``.
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps!r}.")
+    ckpt = None
+    start = 0
+    metrics_path = os.path.join(workdir, "metrics.jsonl") if workdir else None
+    if workdir:
+        ckpt = ckpt_lib.Checkpointer(
+            os.path.join(workdir, "checkpoints", phase), max_to_keep=max_to_keep
+        )
+        latest = ckpt.latest_step()
+        restored = ckpt.restore(state.tree())
+        if restored is not None:
+            start, tree = restored
+            state = state.replace_tree(tree)
+            if latest is not None and start < latest:
+                ckpt.delete_after(start)
+        _rewrite_metrics(metrics_path, phase, start)
+
+    compile_step = jit_step or (lambda f: jax.jit(f, donate_argnums=0))
+    step_fn = compile_step(train_step)
+    last = {}
+    t_start = time.perf_counter()
+    t_first = None
+    bar = None
+    if start < steps:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=steps,
+            initial=start,
+            desc=phase,
+            disable=not (progress and sys.stderr.isatty()),
+            leave=False,
+        )
+        it = batches(start)
+        for step in range(start, steps):
+            batch = next(it)
+            state, metrics = step_fn(state, batch, jax.random.fold_in(key, step))
+            if t_first is None:
+                jax.block_until_ready(metrics)
+                t_first = time.perf_counter()
+            done = step + 1
+            if done % log_every == 0 or done == steps:
+                last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                elapsed = time.perf_counter() - t_first
+                rate = (done - start - 1) / elapsed if elapsed > 0 else float("nan")
+                bar.set_postfix(loss=f"{last['loss']:.4f}", steps_per_s=f"{rate:.0f}")
+                if metrics_path:
+                    rec = {"phase": phase, "step": done, **last, "steps_per_s": rate}
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(rec) + "\n")
+            bar.update(1)
+            if ckpt and checkpoint_every and done % checkpoint_every == 0 and done < steps:
+                ckpt.save(done, state.tree())
+        bar.close()
+    if ckpt:
+        if steps > 0 or ckpt.latest_step() is None:
+            ckpt.save(steps, state.tree())
+        ckpt.close()
+    jax.block_until_ready(state)
+    t_end = time.perf_counter()
+    ran = steps - start
+    summary = {"train_wall_s": t_end - t_start}
+    if ran > 1 and t_first is not None and t_end > t_first:
+        summary["train_steps_per_s"] = (ran - 1) / (t_end - t_first)
+    if "loss" in last:
+        summary["final_train_loss"] = last["loss"]
+    return state, summary
+
+
+def numpy_tree(tree: PyTree) -> PyTree:
+    """Copies every leaf to host numpy (for exact comparisons and reports)."""
+    return jax.tree.map(np.asarray, jax.device_get(tree))
