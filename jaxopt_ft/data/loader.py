@@ -1,0 +1,352 @@
+"""Whole-split datasets in numpy, normalisation, stratified subsets and batch iterators.
+
+Datasets here are small enough to hold in memory, so a split is read once into numpy and batches
+are gathered from it by index. Training batches are a pure function of ``(seed, step)``: the
+permutation of epoch ``e`` comes from ``np.random.default_rng([seed, e])``, so a run resumed at
+step ``k`` sees exactly the batches an uninterrupted run sees.
+
+Example::
+
+    train = data.load("mnist1d", "train")
+    for step, batch in zip(range(100), data.train_batches(train, batch_size=100, seed=0)):
+        ...  # batch["x"]: (100, 40) float32, batch["label"]: (100,) int32
+"""
+
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from jaxopt_ft.data import builders
+
+__all__ = [
+    "Dataset",
+    "batch_at",
+    "clear_cache",
+    "eval_batches",
+    "load",
+    "subset",
+    "train_batches",
+]
+
+_CHUNK = 4096  # examples per chunk when computing statistics, to bound float64 temporaries
+
+
+class Dataset(NamedTuple):
+    """A whole split in memory.
+
+    Attributes:
+        x: ``(N, *input_shape)`` float32, normalised with the train split's statistics.
+        label: ``(N,)`` int32 class ids in ``0..num_classes-1``.
+        num_classes: number of classes.
+        name: dataset name, e.g. ``"mnist1d"``.
+    """
+
+    x: np.ndarray
+    label: np.ndarray
+    num_classes: int
+    name: str
+
+
+_DATASETS: dict[tuple[str, str, str], Dataset] = {}
+_STATS: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def clear_cache() -> None:
+    """Forgets the in-process cache of loaded splits and normalisation statistics."""
+    _DATASETS.clear()
+    _STATS.clear()
+
+
+def _scale(name: str) -> float:
+    """Returns the divisor that maps stored values to [0, 1] before standardising."""
+    if name == "mnist1d":
+        return 1.0  # already real-valued
+    if name == "digits":
+        return 16.0  # pixel values 0..16
+    return 255.0  # uint8 images
+
+
+def _moments(x: np.ndarray, *, per_channel: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation in float64, over all axes or all but the last."""
+    shape = (x.shape[-1],) if per_channel else ()
+    axes = tuple(range(x.ndim - 1)) if per_channel else None
+    count = x.size // (x.shape[-1] if per_channel else 1)
+    total = np.zeros(shape)
+    for start in range(0, len(x), _CHUNK):
+        total += np.sum(x[start : start + _CHUNK], axis=axes, dtype=np.float64)
+    mean = total / count
+    squares = np.zeros(shape)
+    for start in range(0, len(x), _CHUNK):
+        squares += np.sum(np.square(x[start : start + _CHUNK] - mean), axis=axes)
+    return mean, np.sqrt(squares / count)
+
+
+def _train_stats(
+    name: str, data_dir: str | None, key_dir: str, train: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (mean, std) of the scaled train split, computed once per process."""
+    if (name, key_dir) not in _STATS:
+        raw = builders.read(name, "train", data_dir=data_dir).x if train is None else train
+        scale = _scale(name)
+        mean, std = _moments(raw, per_channel=name not in builders.BUILTIN)
+        std = np.where(std > 0, std, scale)  # a constant channel stays at 0 instead of nan
+        _STATS[(name, key_dir)] = (mean / scale, std / scale)
+    return _STATS[(name, key_dir)]
+
+
+def load(name: str, split: str, *, data_dir: str | None = None) -> Dataset:
+    """Loads a whole split into numpy, normalised, preparing built-in data on first use.
+
+    Normalisation always uses the train split's statistics (also for the test split):
+
+    - ``mnist1d``: ``(x - mean) / std`` with scalar mean and std of the train features.
+    - ``digits``: ``x / 16``, then standardised with the scalar train mean and std.
+    - any other TFDS image dataset: ``x / 255``, then standardised per channel with the train
+      split's per-channel mean and std (computed over the whole train split, once per process).
+
+    Loaded splits are cached in-process by ``(name, split, data_dir)``; the cached arrays are
+    read-only, so take a copy before changing them in place (``clear_cache`` empties the cache).
+
+    Args:
+        name: ``"mnist1d"``, ``"digits"``, or a TFDS image classification dataset (``"mnist"``,
+            ``"cifar10"``, ...) already prepared as ArrayRecord in ``data_dir``.
+        split: ``"train"`` or ``"test"``, optionally sliced the TFDS way (``"train[:25%]"``).
+        data_dir: TFDS data dir; ``None`` uses TFDS's default (``$TFDS_DATA_DIR`` or
+            ``~/tensorflow_datasets``).
+
+    Returns:
+        The split as a `Dataset` with float32 ``x`` and int32 ``label``.
+
+    Raises:
+        ValueError: for an unknown name or split, or a TFDS dataset that is not prepared (the
+            message says how to prepare it); nothing is ever downloaded.
+    """
+    key_dir = builders.data_dir_key(data_dir)
+    cache_key = (name, split, key_dir)
+    if cache_key not in _DATASETS:
+        raw = builders.read(name, split, data_dir=data_dir)
+        mean, std = _train_stats(name, data_dir, key_dir, raw.x if split == "train" else None)
+        x = (raw.x.astype(np.float32) / np.float32(_scale(name)) - mean.astype(np.float32)) / (
+            std.astype(np.float32)
+        )
+        x = x.astype(np.float32, copy=False)
+        label = raw.label.astype(np.int32)
+        x.flags.writeable = False
+        label.flags.writeable = False
+        classes = builders.num_classes(name, data_dir=data_dir)
+        _DATASETS[cache_key] = Dataset(x=x, label=label, num_classes=classes, name=name)
+    return _DATASETS[cache_key]
+
+
+def subset(
+    ds: Dataset,
+    *,
+    fraction: float | None = None,
+    per_class: int | None = None,
+    classes: Sequence[int] | None = None,
+    seed: int,
+) -> Dataset:
+    """Returns a stratified subset, optionally restricted to some classes and relabelled.
+
+    Within each class, examples are drawn without replacement with
+    ``np.random.default_rng(seed)``; the subset keeps the original order of ``ds``.
+
+    Args:
+        ds: the dataset to draw from.
+        fraction: keep ``max(1, round(fraction * n_c))`` examples of each class with ``n_c``
+            examples; in (0, 1].
+        per_class: keep exactly this many examples of each class (>= 1).
+        classes: keep only these classes (distinct ids of ``ds``) and relabel ``classes[j]`` as
+            ``j``, so the result has ``len(classes)`` classes. ``None`` keeps all classes.
+        seed: seed of the draw.
+
+    Returns:
+        The subset, with ``num_classes == len(classes)`` when ``classes`` is given.
+
+    Raises:
+        ValueError: when both or none of ``fraction``, ``per_class`` and ``classes`` are given,
+            ``fraction`` is outside (0, 1], ``per_class`` is below 1 or above a class's count, or
+            ``classes`` has unknown or repeated ids.
+
+    Example::
+
+        pretrain = subset(train, classes=range(5), seed=0)               # digits 0-4 as 0-4
+        adapt = subset(train, per_class=20, classes=range(5, 10), seed=0)  # 5-9 as 0-4
+    """
+    if fraction is not None and per_class is not None:
+        raise ValueError(
+            f"Got fraction={fraction!r} and per_class={per_class!r}; pass only one of them."
+        )
+    if fraction is None and per_class is None and classes is None:
+        raise ValueError("subset needs fraction, per_class or classes; pass at least one.")
+    if fraction is not None and not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction={fraction!r} is outside (0, 1]; pass e.g. fraction=0.1.")
+    if per_class is not None and (isinstance(per_class, bool) or per_class < 1):
+        raise ValueError(f"per_class={per_class!r} must be an integer >= 1.")
+
+    counts = np.bincount(ds.label, minlength=ds.num_classes)
+    if classes is None:
+        keep = [int(c) for c in np.flatnonzero(counts)]
+        num_classes = ds.num_classes
+    else:
+        keep = [int(c) for c in classes]
+        bad = [c for c in keep if not 0 <= c < ds.num_classes]
+        if bad or len(set(keep)) != len(keep) or not keep:
+            raise ValueError(
+                f"classes={list(classes)!r} must be distinct ids in 0..{ds.num_classes - 1} "
+                f"of {ds.name!r}; fix the class list."
+            )
+        num_classes = len(keep)
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in keep:
+        members = np.flatnonzero(ds.label == c)
+        if per_class is not None:
+            if per_class > len(members):
+                raise ValueError(
+                    f"per_class={per_class} but class {c} of {ds.name!r} has only "
+                    f"{len(members)} examples; pass per_class <= {int(counts[keep].min())}."
+                )
+            take = per_class
+        elif fraction is not None:
+            take = max(1, round(fraction * len(members))) if len(members) else 0
+        else:
+            take = len(members)
+        rows.append(rng.permutation(members)[:take])
+    index = np.sort(np.concatenate(rows)) if rows else np.zeros((0,), np.int64)
+
+    label = ds.label[index]
+    if classes is not None:
+        relabel = np.full(ds.num_classes, -1, np.int32)
+        relabel[keep] = np.arange(len(keep), dtype=np.int32)
+        label = relabel[label]
+    return Dataset(
+        x=ds.x[index], label=label.astype(np.int32), num_classes=num_classes, name=ds.name
+    )
+
+
+def _check_batch_size(ds: Dataset, batch_size: int, *, train: bool) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
+        raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1.")
+    if train and batch_size > len(ds.label):
+        raise ValueError(
+            f"batch_size={batch_size} is larger than the {len(ds.label)} examples of "
+            f"{ds.name!r}; training drops incomplete batches, so pass batch_size <= "
+            f"{len(ds.label)}."
+        )
+
+
+def _check_seed(seed: int) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed={seed!r} must be an integer >= 0.")
+
+
+def _epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batch_at(ds: Dataset, *, batch_size: int, seed: int, step: int) -> dict[str, np.ndarray]:
+    """Returns the training batch of global step `step` (what `train_batches` yields there).
+
+    Args:
+        ds: the training data.
+        batch_size: examples per batch, at most ``len(ds.label)``.
+        seed: shuffling seed (>= 0).
+        step: global step (>= 0).
+
+    Returns:
+        ``{"x": (batch_size, ...) float32, "label": (batch_size,) int32}``.
+
+    Raises:
+        ValueError: for a batch size outside 1..len(ds), or a negative seed or step.
+    """
+    _check_batch_size(ds, batch_size, train=True)
+    _check_seed(seed)
+    if step < 0:
+        raise ValueError(f"step={step} must be >= 0.")
+    steps_per_epoch = len(ds.label) // batch_size
+    epoch, position = divmod(step, steps_per_epoch)
+    rows = _epoch_permutation(len(ds.label), seed, epoch)
+    rows = rows[position * batch_size : (position + 1) * batch_size]
+    return {"x": ds.x[rows], "label": ds.label[rows]}
+
+
+def train_batches(
+    ds: Dataset, *, batch_size: int, seed: int, start_step: int = 0
+) -> Iterator[dict[str, np.ndarray]]:
+    """Returns endless shuffled training batches, starting at global step `start_step`.
+
+    Each epoch is a fresh permutation from ``np.random.default_rng([seed, epoch])`` cut into
+    ``len(ds) // batch_size`` full batches (the remainder is dropped), so the batch at step ``k``
+    is a pure function of ``(seed, k)`` and a resumed run sees the same batches.
+
+    Args:
+        ds: the training data.
+        batch_size: examples per batch, at most ``len(ds.label)``.
+        seed: shuffling seed (>= 0).
+        start_step: global step of the first batch (>= 0), e.g. a restored checkpoint's step.
+
+    Returns:
+        An endless iterator of ``{"x": (batch_size, ...) float32, "label": (batch_size,) int32}``.
+
+    Raises:
+        ValueError: for a batch size outside 1..len(ds), or a negative seed or start step.
+    """
+    _check_batch_size(ds, batch_size, train=True)
+    _check_seed(seed)
+    if start_step < 0:
+        raise ValueError(f"start_step={start_step} must be >= 0.")
+    return _train_batches(ds, batch_size, seed, start_step)
+
+
+def _train_batches(
+    ds: Dataset, batch_size: int, seed: int, start_step: int
+) -> Iterator[dict[str, np.ndarray]]:
+    steps_per_epoch = len(ds.label) // batch_size
+    epoch, position = divmod(start_step, steps_per_epoch)
+    while True:
+        rows = _epoch_permutation(len(ds.label), seed, epoch)
+        for i in range(position, steps_per_epoch):
+            batch = rows[i * batch_size : (i + 1) * batch_size]
+            yield {"x": ds.x[batch], "label": ds.label[batch]}
+        epoch, position = epoch + 1, 0
+
+
+def eval_batches(ds: Dataset, *, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Returns one pass over `ds` in order, in batches of the same shape.
+
+    The last batch is padded with zero rows; ``mask`` marks real rows with 1 and padding with 0,
+    so a jitted eval step compiles once and ``sum(mask)`` counts every example exactly once.
+
+    Args:
+        ds: the data to evaluate on.
+        batch_size: rows per batch (>= 1); may exceed ``len(ds.label)``.
+
+    Returns:
+        An iterator of ``{"x": (batch_size, ...) float32, "label": (batch_size,) int32,
+        "mask": (batch_size,) float32}`` batches, ``ceil(len(ds) / batch_size)`` of them.
+
+    Raises:
+        ValueError: for a batch size below 1.
+    """
+    _check_batch_size(ds, batch_size, train=False)
+    return _eval_batches(ds, batch_size)
+
+
+def _eval_batches(ds: Dataset, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    n = len(ds.label)
+    for start in range(0, n, batch_size):
+        x = ds.x[start : start + batch_size]
+        label = ds.label[start : start + batch_size]
+        real = len(label)
+        mask = np.ones((batch_size,), np.float32)
+        if real < batch_size:
+            pad = batch_size - real
+            x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+            label = np.concatenate([label, np.zeros((pad,), label.dtype)])
+            mask[real:] = 0.0
+        yield {"x": x, "label": label, "mask": mask}
