@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -98,9 +98,19 @@ def main(argv) -> None:
 
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}; pass options as --name=value.")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     config = _CONFIG.value
     if config is None:
         _fail("--config is required, e.g. --config=configs/mnist1d_cnn.py.")
+    try:
+        config.keys()  # config_flags defers load errors to the first access
+    except OSError as e:
+        detail = [ln.strip() for ln in str(e).splitlines() if "Errno" in ln or "Error" in ln]
+        _fail(
+            f"cannot load --config ({detail[-1] if detail else str(e)}); pass an existing "
+            "config file, e.g. --config=configs/mnist1d_cnn.py."
+        )
     workdir = _WORKDIR.value
     debug = bool(os.environ.get("JAXOPT_FT_DEBUG"))
     try:
@@ -127,8 +137,12 @@ def main(argv) -> None:
 def _parse_flags(argv):
     try:
         return flags.FLAGS(argv)
-    except flags.Error as e:
-        _fail(str(e))
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        # config_flags reports an override of a key the config lacks as AttributeError.
+        msg = str(e).strip("\"' ")
+        if isinstance(e, AttributeError | KeyError):
+            msg = f"the config has no key {msg!r}; check the --config.<key> overrides."
+        _fail(msg)
 
 
 def run() -> None:

@@ -120,6 +120,14 @@ def validate_common(config) -> None:
     steps = check_int(config, "train.steps", minimum=1)
     batch_size = check_int(config, "train.batch_size", minimum=1)
     check_int(config, "checkpoint.every_steps", minimum=0)
+    check_int(config, "train.log_every", minimum=1)
+    smoothing = get(config, "train.label_smoothing", 0.0)
+    if (
+        isinstance(smoothing, bool)
+        or not isinstance(smoothing, (int, float))
+        or not (0.0 <= smoothing < 1.0)
+    ):
+        raise ValueError(f"train.label_smoothing must be in [0, 1), got {smoothing!r}.")
     check_choice(config, "parallel.mode", PARALLEL_MODES)
     build_optimizer(config, steps=steps)  # validates the remaining optimizer/schedule values
     # Unknown model kwargs and unavailable datasets fail here, before any work.
@@ -204,7 +212,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.schedule = ml_collections.ConfigDict(
         {"name": "constant", "warmup_steps": 0, "decay_rate": 0.01}
     )
-    config.train = ml_collections.ConfigDict({"steps": 1000, "batch_size": 100, "log_every": 100})
+    config.train = ml_collections.ConfigDict(
+        {"steps": 1000, "batch_size": 100, "log_every": 100, "label_smoothing": 0.0}
+    )
     config.eval = ml_collections.ConfigDict({"batch_size": 1000})
     config.checkpoint = ml_collections.ConfigDict({"every_steps": 1000, "max_to_keep": 3})
     config.parallel = ml_collections.ConfigDict({"mode": "none"})

@@ -25,7 +25,9 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
     state = train.TrainState.create(
         apply_fn=model.apply, params=params, tx=tx, batch_stats=batch_stats
     )
-    step_fn = train.make_train_step()
+    step_fn = train.make_train_step(
+        label_smoothing=common.get(config, "train.label_smoothing", 0.0)
+    )
     state, summary = common.fit(
         config,
         state,

@@ -1,0 +1,94 @@
+"""LeNet-300-100 and LeNet-5, the classic pruning benchmarks, for inputs of any size.
+
+Both flatten channels-last activations with ``reshape(batch, -1)``, so a Dense layer's input row
+for spatial position ``p`` and channel ``c`` is ``p * channels + c``.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+
+from jaxopt_ft.models import _checks
+
+
+class LeNet300(nn.Module):
+    """LeNet-300-100: flatten, Dense 300, Dense 100 (ReLU), Dense head.
+
+    Works on any input shape (images or signals): it flattens everything after the batch axis.
+    On 28x28x1 inputs the defaults have 266,610 params.
+
+    Attributes:
+        hidden: Width of each hidden layer, named ``dense1``, ``dense2``, ...
+        num_classes: Number of output logits.
+    """
+
+    hidden: tuple[int, ...] = (300, 100)
+    num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        _checks.check_widths("lenet300", "hidden", self.hidden)
+        _checks.check_positive_int("lenet300", "num_classes", self.num_classes)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, *, train: bool = False, features_only: bool = False
+    ) -> jax.Array:
+        """Returns logits (B, num_classes), or the last hidden layer when ``features_only``."""
+        del train
+        h = x.reshape(x.shape[0], -1)
+        for i, width in enumerate(self.hidden):
+            h = nn.relu(nn.Dense(width, name=f"dense{i + 1}")(h))
+        if features_only:
+            return h
+        return nn.Dense(self.num_classes, name="head")(h)
+
+
+class LeNet5(nn.Module):
+    """LeNet-5: conv 6@5x5, pool, conv 16@5x5, pool, Dense 120, Dense 84, head (ReLU).
+
+    Convs use SAME padding and the 2x2/stride-2 max pools pad to a ceiling, so every input size
+    works, from 8x8 digits (8 -> 4 -> 2, 64 features into ``dense1``) to 32x32 CIFAR images
+    (32 -> 16 -> 8, 1,024 features). The original used VALID convs on 32x32 (400 features);
+    SAME is what lets the same network run on tiny inputs. Defaults have 21,386 params on
+    8x8x1 digits and 136,886 on 32x32x3.
+
+    Attributes:
+        channels: Output channels of ``conv1``, ``conv2``, ... (each conv then a 2x2 max pool).
+        hidden: Width of each hidden Dense layer, named ``dense1``, ``dense2``, ...
+        num_classes: Number of output logits.
+    """
+
+    channels: tuple[int, ...] = (6, 16)
+    hidden: tuple[int, ...] = (120, 84)
+    num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        _checks.check_widths("lenet5", "channels", self.channels)
+        _checks.check_widths("lenet5", "hidden", self.hidden, allow_empty=True)
+        _checks.check_positive_int("lenet5", "num_classes", self.num_classes)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, *, train: bool = False, features_only: bool = False
+    ) -> jax.Array:
+        """Returns logits (B, num_classes), or the last hidden layer when ``features_only``.
+
+        Args:
+            x: Images of shape (B, H, W, C), or (B, H, W) for grayscale.
+            train: Unused (no dropout or BatchNorm); kept for a uniform signature.
+            features_only: Return the (B, hidden[-1]) features instead of logits.
+        """
+        del train
+        h = _checks.as_images("lenet5", x)
+        for i, width in enumerate(self.channels):
+            h = nn.relu(nn.Conv(width, (5, 5), padding="SAME", name=f"conv{i + 1}")(h))
+            h = nn.max_pool(h, (2, 2), strides=(2, 2), padding="SAME")
+        h = h.reshape(h.shape[0], -1)
+        for i, width in enumerate(self.hidden):
+            h = nn.relu(nn.Dense(width, name=f"dense{i + 1}")(h))
+        if features_only:
+            return h
+        return nn.Dense(self.num_classes, name="head")(h)

@@ -1,0 +1,147 @@
+"""The MNIST-1D paper's models (Greydanus 2020) at the paper's sizes.
+
+On 40-long inputs with 10 classes: :class:`Logistic` has 410 params, :class:`MLP` 15,210 and
+:class:`CNN1D` 5,210, as in the paper's PyTorch code. Widths are fields so that structured
+pruning can rebuild a narrower model, and ``width_mult`` scales them for wider variants.
+
+Every model flattens channels-last activations with ``reshape(batch, -1)``, so the head's input
+row for position ``p`` and channel ``c`` is ``p * channels + c``.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+
+from jaxopt_ft.models import _checks
+
+
+class Logistic(nn.Module):
+    """Multinomial logistic regression: one Dense from the flattened input to the logits.
+
+    The Dense is the head; the features are the flattened input itself.
+
+    Attributes:
+        num_classes: Number of output logits.
+    """
+
+    num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        _checks.check_positive_int("logistic", "num_classes", self.num_classes)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, *, train: bool = False, features_only: bool = False
+    ) -> jax.Array:
+        """Returns logits (B, num_classes), or the flattened input when ``features_only``."""
+        del train
+        h = x.reshape(x.shape[0], -1)
+        if features_only:
+            return h
+        return nn.Dense(self.num_classes, name="head")(h)
+
+
+class MLP(nn.Module):
+    """The paper's MLP: ``h = relu(dense1(x)); h = h + relu(dense2(h)); head(h)``.
+
+    With ``residual=True`` every hidden layer after the first adds its input back, as the
+    paper's code does for its second layer, so those layers must keep the previous width.
+    Defaults give 40 -> 100 -> 100 -> 10 = 15,210 params.
+
+    Attributes:
+        hidden: Width of each hidden layer, named ``dense1``, ``dense2``, ...
+        residual: Add a skip connection around every hidden layer after the first.
+        width_mult: Multiplies every hidden width (rounded half up, at least 1).
+        num_classes: Number of output logits.
+    """
+
+    hidden: tuple[int, ...] = (100, 100)
+    residual: bool = True
+    width_mult: float = 1.0
+    num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        _checks.check_widths("mlp", "hidden", self.hidden)
+        _checks.check_width_mult("mlp", self.width_mult)
+        _checks.check_positive_int("mlp", "num_classes", self.num_classes)
+        widths = self.effective_hidden
+        if self.residual and len(set(widths)) > 1:
+            raise ValueError(
+                f"mlp.hidden={tuple(self.hidden)!r} mixes widths but residual=True adds each "
+                "layer's input to its output, which needs equal widths. Fix: pass equal "
+                "widths, e.g. hidden=(64, 64), or residual=False."
+            )
+        super().__post_init__()
+
+    @property
+    def effective_hidden(self) -> tuple[int, ...]:
+        """The hidden widths after ``width_mult``: the kernels' output sizes."""
+        return _checks.scale_widths(self.hidden, self.width_mult)
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, *, train: bool = False, features_only: bool = False
+    ) -> jax.Array:
+        """Returns logits (B, num_classes), or the last hidden layer when ``features_only``."""
+        del train
+        h = x.reshape(x.shape[0], -1)
+        for i, width in enumerate(self.effective_hidden):
+            out = nn.relu(nn.Dense(width, name=f"dense{i + 1}")(h))
+            h = h + out if self.residual and i > 0 else out
+        if features_only:
+            return h
+        return nn.Dense(self.num_classes, name="head")(h)
+
+
+class CNN1D(nn.Module):
+    """The paper's 1-D CNN: three strided Conv1D + ReLU, flatten, Dense head.
+
+    ``conv1`` has kernel 5, later convs kernel 3; all use stride 2 and explicit padding
+    ``((1, 1),)`` like PyTorch's ``padding=1``, so a 40-long signal shrinks 40 -> 19 -> 10 -> 5
+    and the defaults have 5,210 params. ``channels=(64, 64, 64)`` (or ``width_mult=64 / 25``)
+    gives the 28k-param variant.
+
+    Attributes:
+        channels: Output channels of ``conv1``, ``conv2``, ... (one conv per entry).
+        width_mult: Multiplies every channel count (rounded half up, at least 1).
+        num_classes: Number of output logits.
+    """
+
+    channels: tuple[int, ...] = (25, 25, 25)
+    width_mult: float = 1.0
+    num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        _checks.check_widths("cnn", "channels", self.channels)
+        _checks.check_width_mult("cnn", self.width_mult)
+        _checks.check_positive_int("cnn", "num_classes", self.num_classes)
+        super().__post_init__()
+
+    @property
+    def effective_channels(self) -> tuple[int, ...]:
+        """The channel counts after ``width_mult``: the kernels' output sizes."""
+        return _checks.scale_widths(self.channels, self.width_mult)
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, *, train: bool = False, features_only: bool = False
+    ) -> jax.Array:
+        """Returns logits (B, num_classes), or the flattened conv features when ``features_only``.
+
+        Args:
+            x: Signals of shape (B, L) or (B, L, C).
+            train: Unused (no dropout or BatchNorm); kept for a uniform signature.
+            features_only: Return the (B, L' * channels[-1]) features instead of logits.
+        """
+        del train
+        h = _checks.as_sequence("cnn", x)
+        for i, width in enumerate(self.effective_channels):
+            kernel = 5 if i == 0 else 3
+            conv = nn.Conv(width, (kernel,), strides=(2,), padding=((1, 1),), name=f"conv{i + 1}")
+            h = nn.relu(conv(h))
+        h = h.reshape(h.shape[0], -1)
+        if features_only:
+            return h
+        return nn.Dense(self.num_classes, name="head")(h)

@@ -1,0 +1,122 @@
+"""A tiny Vision Transformer (pre-LayerNorm encoder) for small images.
+
+Parameter tree::
+
+    patch_embed, pos_embed, cls_token (pool="cls" only),
+    block1: {ln1, attn: {query, key, value, out}, ln2, mlp_dense1, mlp_dense2}, ...,
+    final_ln, head
+
+``pos_embed`` has one row per patch (plus one for the class token), so its shape follows the
+image size the model is initialised with.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxopt_ft.models import _checks
+
+_POOLS = ("cls", "mean")
+
+
+class EncoderBlock(nn.Module):
+    """Pre-LN transformer block: ``x + attn(ln1(x))`` then ``x + mlp(ln2(x))``.
+
+    Attributes:
+        num_heads: Attention heads; ``x``'s width must divide evenly among them.
+        mlp_dim: Hidden width of the GELU MLP.
+    """
+
+    num_heads: int
+    mlp_dim: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Applies the block to tokens of shape (B, N, hidden)."""
+        h = nn.LayerNorm(name="ln1")(x)
+        x = x + nn.MultiHeadDotProductAttention(self.num_heads, deterministic=True, name="attn")(h)
+        h = nn.LayerNorm(name="ln2")(x)
+        h = nn.gelu(nn.Dense(self.mlp_dim, name="mlp_dense1")(h))
+        return x + nn.Dense(x.shape[-1], name="mlp_dense2")(h)
+
+
+class ViT(nn.Module):
+    """Patch embedding, learned position embedding, ``depth`` encoder blocks, LayerNorm, head.
+
+    Images are cut into non-overlapping ``patch_size`` squares by a strided conv; height and
+    width must be multiples of ``patch_size`` (8x8 digits with patch 2 or 4, 32x32 with 4).
+
+    Attributes:
+        patch_size: Side of each square patch, in pixels.
+        hidden: Token width.
+        depth: Number of encoder blocks, named ``block1``, ``block2``, ...
+        num_heads: Attention heads per block; must divide ``hidden``.
+        mlp_dim: Hidden width of each block's MLP.
+        pool: ``"cls"`` reads a learned class token, ``"mean"`` averages the patch tokens.
+        num_classes: Number of output logits.
+    """
+
+    patch_size: int = 4
+    hidden: int = 64
+    depth: int = 2
+    num_heads: int = 4
+    mlp_dim: int = 128
+    pool: str = "cls"
+    num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        for field in ("patch_size", "hidden", "depth", "num_heads", "mlp_dim", "num_classes"):
+            _checks.check_positive_int("vit", field, getattr(self, field))
+        if self.hidden % self.num_heads:
+            raise ValueError(
+                f"vit.hidden={self.hidden} does not divide into num_heads={self.num_heads} "
+                "heads. Fix: choose num_heads that divides hidden, e.g. hidden=64, num_heads=4."
+            )
+        if self.pool not in _POOLS:
+            raise ValueError(
+                f"vit.pool={self.pool!r} is unknown. Accepted: {', '.join(_POOLS)}. "
+                "Fix: pass pool='cls' or pool='mean'."
+            )
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, *, train: bool = False, features_only: bool = False
+    ) -> jax.Array:
+        """Returns logits (B, num_classes), or the pooled token (B, hidden).
+
+        Args:
+            x: Images of shape (B, H, W, C), or (B, H, W) for grayscale.
+            train: Unused (no dropout); kept for a uniform signature.
+            features_only: Return the final-LayerNorm pooled features instead of logits.
+
+        Raises:
+            ValueError: If H or W is not a multiple of ``patch_size``.
+        """
+        del train
+        h = _checks.as_images("vit", x)
+        height, width = h.shape[1:3]
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"vit.patch_size={self.patch_size} does not tile {height}x{width} images. "
+                "Fix: choose a patch_size that divides both sides, e.g. 2 or 4 for 8x8."
+            )
+        p = self.patch_size
+        h = nn.Conv(self.hidden, (p, p), strides=(p, p), padding="VALID", name="patch_embed")(h)
+        h = h.reshape(h.shape[0], -1, self.hidden)
+        if self.pool == "cls":
+            cls = self.param("cls_token", nn.initializers.zeros, (1, 1, self.hidden))
+            h = jnp.concatenate([jnp.broadcast_to(cls, (h.shape[0], 1, self.hidden)), h], axis=1)
+        pos = self.param(
+            "pos_embed", nn.initializers.normal(stddev=0.02), (1, h.shape[1], self.hidden)
+        )
+        h = h + pos
+        for i in range(self.depth):
+            h = EncoderBlock(self.num_heads, self.mlp_dim, name=f"block{i + 1}")(h)
+        h = nn.LayerNorm(name="final_ln")(h)
+        h = h[:, 0] if self.pool == "cls" else jnp.mean(h, axis=1)
+        if features_only:
+            return h
+        return nn.Dense(self.num_classes, name="head")(h)
