@@ -1,0 +1,116 @@
+"""Pruning: masks, scores, sparsity schedules, an optax wrapper, N:M, structured compaction.
+
+Masks are bool pytrees with exactly the params' structure (True = keep). The usual flow::
+
+  tx = prune.wrap(optax.adam(1e-3), sparsity=0.9, begin_step=1000, end_step=5000,
+                  frequency=100, exclude_first=True)
+  ...train...
+  params = prune.finalize(params, prune.find_masks(opt_state))
+  print(prune.format_summary(prune.summary(params, prune.nonzero_masks(params))))
+  size = prune.export_sparse(params, "model.npz")
+
+Structured pruning removes whole units and shrinks the model::
+
+  masks = prune.structured_masks(model, params, sparsity=0.5)
+  small = prune.compact(model, params, masks)   # small.model, small.params
+"""
+
+from jaxopt_ft.prune.allocate import (
+    check_sparsity,
+    compute_masks,
+    layer_densities,
+    masks_from_scores,
+    nm_masks,
+    num_removed,
+)
+from jaxopt_ft.prune.export import (
+    export_sparse,
+    finalize,
+    format_summary,
+    load_sparse,
+    summary,
+)
+from jaxopt_ft.prune.masks import (
+    DEFAULT_RULES,
+    apply_masks,
+    check_masks,
+    dense_masks,
+    mask_sparsity,
+    nonzero_masks,
+    prunable_paths,
+    select_prunable,
+)
+from jaxopt_ft.prune.schedules import (
+    SparsitySchedule,
+    iterative_sparsities,
+    lottery_round,
+    one_shot,
+    polynomial,
+    update_steps,
+)
+from jaxopt_ft.prune.scores import (
+    magnitude_scores,
+    random_scores,
+    saliency_scores,
+    snip_scores,
+)
+from jaxopt_ft.prune.structured import (
+    Compacted,
+    UnitGroup,
+    compact,
+    group_names,
+    structured_masks,
+    structured_sparsity,
+    unit_groups,
+    unit_scores,
+)
+from jaxopt_ft.prune.wrapper import (
+    PruneState,
+    find_masks,
+    find_states,
+    wrap,
+)
+
+__all__ = [
+    "Compacted",
+    "DEFAULT_RULES",
+    "PruneState",
+    "SparsitySchedule",
+    "UnitGroup",
+    "apply_masks",
+    "check_masks",
+    "check_sparsity",
+    "compact",
+    "compute_masks",
+    "dense_masks",
+    "export_sparse",
+    "finalize",
+    "find_masks",
+    "find_states",
+    "format_summary",
+    "group_names",
+    "iterative_sparsities",
+    "layer_densities",
+    "load_sparse",
+    "lottery_round",
+    "magnitude_scores",
+    "mask_sparsity",
+    "masks_from_scores",
+    "nm_masks",
+    "nonzero_masks",
+    "num_removed",
+    "one_shot",
+    "polynomial",
+    "prunable_paths",
+    "random_scores",
+    "saliency_scores",
+    "select_prunable",
+    "snip_scores",
+    "structured_masks",
+    "structured_sparsity",
+    "summary",
+    "unit_groups",
+    "unit_scores",
+    "update_steps",
+    "wrap",
+]

@@ -1,0 +1,63 @@
+"""Every config file loads and validates; the CIFAR-10 config runs end to end on mock data."""
+
+import glob
+import importlib.util
+import os
+
+import pytest
+import tensorflow_datasets as tfds
+
+from jaxopt_ft import data, experiments
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+
+
+def load_config(path, arg=None):
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_config_has_docstring_with_launch_command(path):
+    text = open(path).read()
+    assert text.startswith('"""'), path
+    assert "jaxopt-ft --config=configs/" + os.path.basename(path) in text
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in CONFIGS if "cifar10" not in p], ids=os.path.basename
+)
+def test_builtin_configs_validate(path):
+    config = load_config(path)
+    experiments.get(config.experiment).validate(config)
+
+
+def test_cifar10_lenet5_on_mock_data(tmp_path):
+    config = load_config(os.path.join(ROOT, "configs", "cifar10_lenet5.py"))
+    config.train.steps = 3
+    config.train.batch_size = 4
+    config.eval.batch_size = 8
+    config.checkpoint.every_steps = 0
+    config.schedule.warmup_steps = 1
+    data.clear_cache()
+    try:
+        with tfds.testing.mock_data(num_examples=12):
+            kind = experiments.get(config.experiment)
+            kind.validate(config)
+            report = kind.run(config, str(tmp_path), progress=False)
+    finally:
+        data.clear_cache()
+    (row,) = report["rows"]
+    assert report["dataset"] == "cifar10" and report["model"] == "lenet5"
+    assert 0.0 <= row["test_accuracy"] <= 1.0
+    assert row["params"] > 0
+
+
+def test_cifar10_unprepared_is_a_clear_error(tmp_path):
+    config = load_config(os.path.join(ROOT, "configs", "cifar10_lenet5.py"))
+    config.dataset.data_dir = str(tmp_path)
+    with pytest.raises(ValueError, match="tfds build cifar10"):
+        experiments.get(config.experiment).validate(config)
