@@ -1,0 +1,96 @@
+"""Which Dense/Conv layers a model has, and per-layer activation quantization.
+
+The QAT, calibration and int8 paths all intercept ``__call__`` of ``nn.Dense`` and ``nn.Conv``
+with :func:`flax.linen.intercept_methods`. A layer is named by its module path
+(``"conv1"``, ``"block1/dense"``), which is also the prefix of its params (``"conv1/kernel"``),
+so one set of regex rules can speak about both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxopt_ft import tree as tree_lib
+from jaxopt_ft.quant.core import check_bits, qparams
+
+PyTree = Any
+LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Dense, nn.Conv)
+ActRanges = Mapping[str, tuple[float, float]]
+
+
+def is_layer_call(context: Any) -> bool:
+    """Whether an interceptor context is ``__call__`` of a Dense or Conv."""
+    return context.method_name == "__call__" and isinstance(context.module, LAYER_TYPES)
+
+
+def layer_path(module: nn.Module) -> str:
+    """The module's path joined with ``/`` (the prefix of its params' paths)."""
+    return "/".join(str(p) for p in module.path)
+
+
+def layer_paths(params: PyTree) -> list[str]:
+    """Paths of the layers owning a ``kernel`` leaf in ``params``, in leaf order."""
+    out = []
+    for p in tree_lib.paths(params):
+        head, _, leaf = p.rpartition("/")
+        if leaf == "kernel":
+            out.append(head)
+    return out
+
+
+def act_bits_map(
+    params: PyTree, act_bits: int | None | Sequence[tuple[str, Any]]
+) -> dict[str, int | None]:
+    """Resolves activation widths to ``{layer path: bits or None}``.
+
+    Args:
+      params: The model's params (layers are the owners of ``kernel`` leaves).
+      act_bits: One width for every layer, None for none, or ``[(regex, bits | None), ...]``
+        over layer paths (first full match wins, every layer covered, every rule used).
+
+    Raises:
+      ValueError: Bad bits, or rules that match nothing / leave a layer uncovered.
+    """
+    layers = {p: 0 for p in layer_paths(params)}
+    if act_bits is None or (isinstance(act_bits, int) and not isinstance(act_bits, bool)):
+        rules: Sequence[tuple[str, Any]] = [(".*", act_bits)]
+        values = tree_lib.match_rules(layers, rules, what="activation bits", allow_unused=True)
+    else:
+        values = tree_lib.match_rules(layers, act_bits, what="activation bits rules")
+    return {
+        p: None if b is None else check_bits(b, what=f"act bits for {p!r}")
+        for p, b in values.items()
+    }
+
+
+def lookup(table: Mapping[str, Any], path: str, what: str) -> Any:
+    """``table[path]`` with an error naming the known layers when it is missing."""
+    if path not in table:
+        raise ValueError(
+            f"{what}: no entry for layer {path!r}. Known layers: {sorted(table)}. Fix: "
+            "calibrate / resolve rules with the same model and params."
+        )
+    return table[path]
+
+
+def act_bounds(x: jax.Array, path: str, act_ranges: ActRanges | None) -> tuple[Any, Any]:
+    """Per-tensor activation range ``(lo, hi)``: calibrated, or this batch's min and max."""
+    if act_ranges is None:
+        xf = jax.lax.stop_gradient(x).astype(jnp.float32)
+        return jnp.min(xf), jnp.max(xf)
+    lo, hi = lookup(act_ranges, path, "act_ranges")
+    return np.float32(lo), np.float32(hi)
+
+
+def act_qparams(
+    x: jax.Array, path: str, *, bits: int, symmetric: bool, act_ranges: ActRanges | None
+) -> tuple[jax.Array, jax.Array]:
+    """Per-tensor activation ``(scale, zero_point)`` from :func:`act_bounds`."""
+    lo, hi = act_bounds(x, path, act_ranges)
+    return qparams(lo, hi, bits=bits, symmetric=symmetric)
