@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench paper experiments results lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,18 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+bench: $(STAMP)
+	scripts/benchmarks.sh
+
+paper: $(STAMP)
+	scripts/paper_table.sh
+
+experiments: $(STAMP)
+	scripts/experiments.sh
+
+results: bench paper experiments
+	$(PY) scripts/update_readme.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check jaxopt_ft tests configs benchmarks

@@ -7,6 +7,8 @@ from jaxopt_ft import checkpoint as checkpoint
 from jaxopt_ft import data as data
 from jaxopt_ft import models as models
 from jaxopt_ft import optim as optim
+from jaxopt_ft import prune as prune
+from jaxopt_ft import quant as quant
 from jaxopt_ft import report as report
 from jaxopt_ft import train as train
 from jaxopt_ft import tree as tree
@@ -18,6 +20,8 @@ __all__ = [
     "data",
     "models",
     "optim",
+    "prune",
+    "quant",
     "report",
     "train",
     "tree",

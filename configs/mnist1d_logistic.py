@@ -1,0 +1,20 @@
+"""The MNIST-1D paper's logistic regression (410 params): Adam 1e-2, batch 100, 6,000 steps.
+
+    jaxopt-ft --config=configs/mnist1d_logistic.py --workdir=runs/mnist1d_logistic
+
+Expected: test_accuracy about 0.30-0.33 (the paper reports 32 %), params = 410.
+"""
+
+from jaxopt_ft.experiments.common import base_config
+
+
+def get_config(arg=None):
+    del arg
+    config = base_config()
+    config.dataset.name = "mnist1d"
+    config.model.name = "logistic"
+    config.optimizer.learning_rate = 1e-2
+    config.schedule.name = "cosine"
+    config.train.steps = 6000
+    config.train.batch_size = 100
+    return config

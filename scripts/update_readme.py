@@ -1,0 +1,93 @@
+"""Regenerates the README's Results section from files that commands in this repo write.
+
+    python scripts/update_readme.py
+
+Reads benchmarks/results.json (scripts/benchmarks.sh), runs/paper/paper_table.md
+(scripts/paper_table.sh) and runs/<config>/report.json (scripts/experiments.sh); copies each
+run's PNG plots into docs/results/<config>/ and rewrites the text between
+`<!-- results -->` and `<!-- /results -->` in README.md. Nothing in that section is typed by
+hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from jaxopt_ft.report import markdown_table  # noqa: E402
+
+# (config name, title, columns to show or None for all)
+RUNS = [
+    ("mnist1d_cnn", "Training: the paper's CNN on MNIST-1D", None),
+    ("mnist1d_compress", "Compression: prune and quantize (`make demo`)", None),
+    ("mnist1d_sparsity_sweep", "Accuracy vs sparsity", None),
+    ("mnist1d_bits_sweep", "Accuracy vs bits", None),
+    ("mnist1d_sweep", "Optimizer × schedule sweep", None),
+    ("digits_augment", "Augmentation on a small digits subset", None),
+    ("mnist1d_transfer", "Transfer: MNIST-1D classes 0–4 → 5–9, few labels", None),
+    ("digits_transfer", "Transfer: digits classes 0–4 → 5–9, few labels", None),
+    ("mnist1d_multitask", "Multi-task learning on MNIST-1D", None),
+    ("digits_multitask", "Multi-task learning on digits", None),
+]
+
+SKIP_KEYS = {"per_seed", "curve", "loss_curve"}
+
+
+def _rows(rows, columns):
+    clean = [{k: v for k, v in r.items() if k not in SKIP_KEYS and not isinstance(v, list | dict)}
+             for r in rows]
+    return markdown_table(clean, columns)
+
+
+def section() -> str:
+    out = []
+    bench = os.path.join(ROOT, "benchmarks", "RESULTS.md")
+    if os.path.exists(bench):
+        text = open(bench).read().split("\n", 1)[1].strip()
+        out += ["### Speed and size ratios (`make bench`)\n", text, ""]
+    paper = os.path.join(ROOT, "runs", "paper", "paper_table.md")
+    if os.path.exists(paper):
+        out += ["### The MNIST-1D paper's table (`scripts/paper_table.sh`)\n", open(paper).read()]
+    for name, title, columns in RUNS:
+        path = os.path.join(ROOT, "runs", name, "report.json")
+        if not os.path.exists(path):
+            continue
+        report = json.load(open(path))
+        out.append(f"### {title}\n")
+        out.append(f"`jaxopt-ft --config=configs/{name}.py --workdir=runs/{name}`\n")
+        out.append(_rows(report["rows"], columns))
+        for key, value in report.items():
+            if key in ("experiment", "dataset", "model", "rows", "plots"):
+                continue
+            out.append(f"`{key}`: `{json.dumps(value)}`\n")
+        dest = os.path.join(ROOT, "docs", "results", name)
+        for plot in report.get("plots", []):
+            src = os.path.join(ROOT, "runs", name, plot)
+            if os.path.exists(src):
+                os.makedirs(dest, exist_ok=True)
+                shutil.copy(src, os.path.join(dest, plot))
+                out.append(f"![{plot}](docs/results/{name}/{plot})\n")
+    return "\n".join(out)
+
+
+def main() -> None:
+    readme = os.path.join(ROOT, "README.md")
+    text = open(readme).read()
+    start, end = "<!-- results -->", "<!-- /results -->"
+    if start not in text:
+        sys.exit("README.md has no '<!-- results -->' marker")
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1] if end in rest else rest
+    new = f"{head}{start}\n{section()}\n{end}{tail}"
+    with open(readme, "w") as f:
+        f.write(new)
+    print("README.md results section updated")
+
+
+if __name__ == "__main__":
+    main()
