@@ -4,7 +4,9 @@ Every model is called as ``model.apply(variables, x, train=..., features_only=..
 returns logits (B, num_classes), or with ``features_only=True`` the trunk's (B, F) features
 without creating or reading ``head``. Parameter names are stable (``conv1``, ``dense2``,
 ``stage1_block1/bn1``, ``head``), and every width is a field, so structured pruning can rebuild
-a narrower model with ``model.clone(channels=...)`` that accepts the compacted params.
+a narrower model with ``model.clone(channels=...)`` that accepts the compacted params. (The
+MNIST-1D models also scale widths by ``width_mult``: read the built widths from
+``effective_channels`` / ``effective_hidden`` and clone with ``width_mult=1.0``.)
 
 Example:
     >>> model = get("cnn", channels=(64, 64, 64))
