@@ -8,7 +8,22 @@ Each mode then adapts to digits 5-9 from 20 labelled examples per class (AdamW 3
 three seeds. ``partial`` freezes both conv layers and fine-tunes the dense layers; LoRA adapts
 conv2, dense1 and dense2 at rank 4.
 
-Expected: RESULTS_PLACEHOLDER
+Expected (measured, seeds 0-2; about 2.4 min wall, 55 s CPU, on 2 shared cores): pretraining
+reaches 0.991 on the test examples of digits 0-4; on the 224 test examples of digits 5-9:
+
+    mode          accuracy  vs scratch (paired)  trainable  frozen
+    full          0.940     -0.009 +- 0.006      20,961     0
+    partial       0.917     -0.033 +- 0.011      18,389     2,572
+    linear_probe  0.741     -0.208 +- 0.009      425        20,536
+    features      0.751     -0.198 +- 0.021      425        20,536
+    lora          0.912     -0.037 +- 0.013      2,641      20,536
+    scratch       0.949                          20,961     0
+
+Unlike MNIST-1D, pretraining on 0-4 does not help here: 20 labels per class already take
+LeNet-5 from scratch to 0.95, and the 84 features it learns for 0-4 separate 5-9 poorly (the
+frozen-trunk modes lose 0.2). With 5 labels per class (``--config.transfer.per_class=5
+--config.transfer.batch_size=25``) full fine-tuning does beat scratch, 0.896 against 0.856;
+the frozen-trunk modes still trail (0.693).
 """
 
 import ml_collections

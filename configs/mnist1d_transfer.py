@@ -7,7 +7,21 @@ Pretraining uses every training example of classes 0-4 (Adam 1e-2, cosine, 1,000
 cosine, 200 steps of 50; scratch uses 1e-2) and is scored on all test examples of 5-9, averaged
 over three seeds (each seed draws its own 100 labels and new head).
 
-Expected: RESULTS_PLACEHOLDER
+Expected (measured, seeds 0-2; about 75 s wall, 35 s CPU, on 2 shared cores): pretraining
+reaches 0.976 on the test examples of classes 0-4; on the 493 test examples of classes 5-9:
+
+    mode          accuracy  vs scratch (paired)  trainable  frozen  opt_state_bytes
+    full          0.571     +0.143 +- 0.028      26,693     0       213,560
+    partial       0.572     +0.143 +- 0.024      26,309     384     210,488
+    linear_probe  0.565     +0.137 +- 0.007      1,605      25,088  12,848
+    features      0.565     +0.136 +- 0.011      1,605      25,088  12,848
+    lora          0.562     +0.133 +- 0.030      3,929      25,088  31,448
+    scratch       0.429                          26,693     0       213,560
+
+Learning rates and step counts came from a small sweep on seeds 0-2 (1e-3 / 3e-3 / 1e-2, 100 /
+300 steps: every pretrained mode landed at 0.56-0.61, scratch at 0.44-0.45 whatever its rate).
+As a check on fresh draws, seeds 3-5 with the same pretrained trunk give 0.565-0.590 for the
+pretrained modes and 0.452 for scratch (margins +0.11 to +0.14).
 """
 
 import ml_collections

@@ -5,6 +5,7 @@ Pure functions over Flax parameter pytrees, composed with optax and jit-compiled
 
 from jaxopt_ft import checkpoint as checkpoint
 from jaxopt_ft import data as data
+from jaxopt_ft import finetune as finetune
 from jaxopt_ft import models as models
 from jaxopt_ft import optim as optim
 from jaxopt_ft import prune as prune
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "checkpoint",
     "data",
+    "finetune",
     "models",
     "optim",
     "prune",

@@ -36,31 +36,24 @@ SOLVERS = ("logistic", "ridge")
 def _classes(config, key: str, num: int) -> tuple[int, ...]:
     value = common.get(config, key)
     ids = tuple(value) if isinstance(value, (list, tuple)) else ()
-    if (
-        not ids
-        or len(set(ids)) != len(ids)
-        or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < num for c in ids)
-    ):
+    ok = all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < num for c in ids)
+    if not ids or len(set(ids)) != len(ids) or not ok:
         raise ValueError(f"{key}={value!r} must be distinct class ids in 0..{num - 1}.")
     return ids
 
 
 def _strings(config, key: str, *, allow_empty: bool = False) -> tuple[str, ...]:
     value = common.get(config, key)
-    if isinstance(value, str) or not isinstance(value, (list, tuple)):
-        raise ValueError(f"{key} must be a list of strings, got {value!r}.")
-    if not allow_empty and not value:
-        raise ValueError(f"{key} must not be empty.")
-    if not all(isinstance(v, str) for v in value):
-        raise ValueError(f"{key} must be a list of strings, got {value!r}.")
+    ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+    if not ok or not (value or allow_empty):
+        raise ValueError(f"{key} must be a non-empty list of strings, got {value!r}.")
     return tuple(value)
 
 
 def _rules(config, key: str) -> list[tuple[str, str]]:
     value = common.get(config, key)
     ok = isinstance(value, (list, tuple)) and value
-    ok = ok and all(isinstance(r, (list, tuple)) and len(r) == 2 for r in value)
-    if not ok:
+    if not ok or not all(isinstance(r, (list, tuple)) and len(r) == 2 for r in value):
         raise ValueError(
             f"{key} must be a non-empty list of (regex, label) pairs, got {value!r}; e.g. "
             "(('conv1/.*', 'frozen'), ('head/.*', 'head'), ('.*', 'trunk'))."
@@ -146,6 +139,13 @@ def _mode_params(s: dict, mode: str, params, key):
     return params
 
 
+def _abstract(config, num_classes: int, x: np.ndarray) -> dict:
+    """Shapes of a fresh model's variables, without computing anything."""
+    model = common.build_model(config, num_classes=num_classes)
+    sample = jax.ShapeDtypeStruct((1, *x.shape[1:]), np.float32)
+    return jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0), sample)
+
+
 def validate(config) -> None:
     common.validate_common(config)
     s = _settings(config)
@@ -156,22 +156,16 @@ def validate(config) -> None:
             f"transfer.per_class={s['per_class']} exceeds {n_min}, the fewest "
             "training examples of a target class; lower it."
         )
-    x = jax.ShapeDtypeStruct((1, *train_ds.x.shape[1:]), np.float32)
-    key = jax.random.PRNGKey(0)
-    target = jax.eval_shape(_build(config, len(s["target_classes"])).init, key, x)
+    target = _abstract(config, len(s["target_classes"]), train_ds.x)
     if s["pretrained"]:
         source = finetune.restore_variables(s["pretrained"])
     else:
-        source = jax.eval_shape(_build(config, len(s["pretrain_classes"])).init, key, x)
+        source = _abstract(config, len(s["pretrain_classes"]), train_ds.x)
     finetune.load_pretrained(target, source, dont_load=s["dont_load"])
     for mode in s["modes"]:
         if mode != "features":
-            params = _mode_params(s, mode, target["params"], key)
+            params = _mode_params(s, mode, target["params"], jax.random.PRNGKey(0))
             _labels_and_tx(s, mode, params, steps=s["steps"])
-
-
-def _build(config, num_classes: int):
-    return common.build_model(config, num_classes=num_classes)
 
 
 def _pretrain(config, s, workdir, train_ds, test_ds, progress) -> tuple[dict, dict]:
@@ -182,7 +176,7 @@ def _pretrain(config, s, workdir, train_ds, test_ds, progress) -> tuple[dict, di
     seed = common.get(config, "seed")
     pre_train = data.subset(train_ds, classes=s["pretrain_classes"], seed=seed)
     pre_test = data.subset(test_ds, classes=s["pretrain_classes"], seed=seed)
-    model = _build(config, len(s["pretrain_classes"]))
+    model = common.build_model(config, num_classes=len(s["pretrain_classes"]))
     k_init, k_train = jax.random.split(common.seed_key(config))
     variables = _init(model)(k_init, pre_train.x[:1])
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
@@ -277,8 +271,7 @@ def _run_mode(ctx: _Context, mode: str) -> list[dict]:
     s = ctx.s
     if mode == "features":
         return _features(ctx)
-    x = jax.ShapeDtypeStruct((1, *ctx.train_ds.x.shape[1:]), np.float32)
-    abstract = jax.eval_shape(ctx.model.init, jax.random.PRNGKey(0), x)["params"]
+    abstract = _abstract(ctx.config, len(s["target_classes"]), ctx.train_ds.x)["params"]
     params = _mode_params(s, mode, abstract, jax.random.PRNGKey(0))
     labels, tx = _labels_and_tx(s, mode, params, steps=s["steps"])
     apply_fn, export = ctx.model.apply, None
@@ -380,7 +373,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
     train_ds = common.load_split(config, "train")
     test_ds = common.load_split(config, "test")
     source, pre_summary = _pretrain(config, s, workdir, train_ds, test_ds, progress)
-    model = _build(config, len(s["target_classes"]))
+    model = common.build_model(config, num_classes=len(s["target_classes"]))
     target_test = data.subset(test_ds, classes=s["target_classes"], seed=0)
     ctx = _Context(config, s, model, _init(model), source, train_ds, target_test, workdir, progress)
     per_seed, rows = {}, []
