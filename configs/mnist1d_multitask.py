@@ -12,7 +12,15 @@ an MSE of 1.0 is what predicting the mean scores.
 
 Rows: single_task (one model per task), equal, uncertainty, dwa, gradnorm, pcgrad, alternating
 (add "static" to multitask.rows to train with multitask.static_weights). Each trains 1,500 Adam
-steps (cosine decay from 1e-2, batch 100); the default run takes about 3 minutes on 2 cores.
+steps (cosine decay from 1e-2, batch 100). Measured: 62-92 s of CPU time, 2.3-3.2 min wall on
+2 cores shared with other jobs.
+
+Expected (mean over seeds 0-2): single_task digit 0.913, parity 0.962, large 0.937, slope MSE
+0.0002 (the slope is linear in the input, so a dedicated model nails it); equal weights digit
+0.937, parity 0.943, large 0.945, slope 0.0096. The shared trunk helps digit and large, costs
+parity and slope; uncertainty weighting recovers parity (0.964) and slope (0.0023); DWA stays
+at equal weights; GradNorm down-weights digit (0.921); alternating is worst on every task.
+task_similarity: digit-parity 0.31, digit-large 0.31, parity-large 0.16, slope-any <= 0.01.
 
 `:arg` picks a comma-separated subset of the tasks, e.g. `configs/mnist1d_multitask.py:digit,slope`.
 """

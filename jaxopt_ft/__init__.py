@@ -7,6 +7,7 @@ from jaxopt_ft import checkpoint as checkpoint
 from jaxopt_ft import data as data
 from jaxopt_ft import finetune as finetune
 from jaxopt_ft import models as models
+from jaxopt_ft import multitask as multitask
 from jaxopt_ft import optim as optim
 from jaxopt_ft import prune as prune
 from jaxopt_ft import quant as quant
@@ -21,6 +22,7 @@ __all__ = [
     "data",
     "finetune",
     "models",
+    "multitask",
     "optim",
     "prune",
     "quant",

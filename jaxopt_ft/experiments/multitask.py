@@ -178,7 +178,8 @@ def _plot(workdir: str, matrix: np.ndarray, names, title: str) -> str:
     ax.set_yticks(range(len(names)), names)
     for i in range(len(names)):
         for j in range(len(names)):
-            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=9)
+            color = "white" if abs(matrix[i, j]) > 0.6 else "black"
+            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", color=color, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
