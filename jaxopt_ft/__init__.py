@@ -9,6 +9,7 @@ from jaxopt_ft import finetune as finetune
 from jaxopt_ft import models as models
 from jaxopt_ft import multitask as multitask
 from jaxopt_ft import optim as optim
+from jaxopt_ft import parallel as parallel
 from jaxopt_ft import prune as prune
 from jaxopt_ft import quant as quant
 from jaxopt_ft import report as report
@@ -24,6 +25,7 @@ __all__ = [
     "models",
     "multitask",
     "optim",
+    "parallel",
     "prune",
     "quant",
     "report",
