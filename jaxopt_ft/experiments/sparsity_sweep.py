@@ -1,0 +1,145 @@
+"""Experiment ``sparsity_sweep``: test accuracy vs sparsity for several pruning methods.
+
+One dense model is trained (phase ``dense``, as in ``compress``); then every method of
+``sweep.methods`` prunes a copy of it to every sparsity of ``sweep.sparsities`` with the same
+gradual schedule and fine-tuning as ``compress`` (the ``prune`` section: steps, fractions,
+frequency, learning rate, rules), each in its own resumable phase ``<method>@<sparsity>``.
+All runs see the same batches, so they differ only in which weights they remove.
+
+Methods (scorer, scope, per-layer distribution):
+
+- ``magnitude-layer``: ``|w|``, every prunable layer to the same sparsity;
+- ``magnitude-global``: ``|w|``, one threshold across layers;
+- ``magnitude-erk``: ``|w|``, per-layer targets from the Erdős–Rényi-Kernel rule;
+- ``random``: uniform random scores, every layer to the same sparsity;
+- ``saliency``: SNIP's ``|w * g|`` from the gradient of the batch at each mask update, one
+  threshold across layers (as SNIP ranks connections globally).
+
+Rows: ``name`` (``<method>@<sparsity>``), ``method``, ``target_sparsity``, ``sparsity`` (the
+achieved fraction of zero prunable weights, at least the target), ``test_accuracy``. The
+report also holds ``dense_test_accuracy`` and ``sparsity_accuracy.png`` (one line per method,
+the dense accuracy dashed).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from jaxopt_ft import prune, report
+from jaxopt_ft.experiments import _pruning, common
+
+METHODS: dict[str, tuple[str, str, str]] = {
+    "magnitude-layer": ("magnitude", "layer", "uniform"),
+    "magnitude-global": ("magnitude", "global", "uniform"),
+    "magnitude-erk": ("magnitude", "layer", "erk"),
+    "random": ("random", "layer", "uniform"),
+    "saliency": ("saliency", "global", "uniform"),
+}
+
+
+def _strings(config, key: str) -> tuple[str, ...]:
+    value = common.get(config, key)
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"{key} must be a non-empty list, got {value!r}.")
+    return tuple(value)
+
+
+def settings(config) -> dict[str, Any]:
+    """The ``prune`` keys that the sweep shares with ``compress`` plus the ``sweep`` section."""
+    s = _pruning.pruning_settings(config, target=False)
+    methods = _strings(config, "sweep.methods")
+    bad = [m for m in methods if m not in METHODS]
+    if bad or len(set(methods)) != len(methods):
+        raise ValueError(
+            f"sweep.methods={list(methods)!r} must be distinct methods among: {', '.join(METHODS)}."
+        )
+    sparsities = _strings(config, "sweep.sparsities")
+    for i, value in enumerate(sparsities):
+        prune.check_sparsity(value, what=f"sweep.sparsities[{i}]")
+    if len(set(sparsities)) != len(sparsities):
+        raise ValueError(f"sweep.sparsities={list(sparsities)!r} has duplicates; remove them.")
+    s["methods"] = methods
+    s["sparsities"] = tuple(float(v) for v in sparsities)
+    return s
+
+
+def method_target(method: str, sparsity: float) -> dict[str, Any]:
+    """The ``sparsity``/``scorer``/``scope``/``distribution`` keywords of one sweep run."""
+    scorer, scope, distribution = METHODS[method]
+    return {"sparsity": sparsity, "scorer": scorer, "scope": scope, "distribution": distribution}
+
+
+def validate(config) -> None:
+    common.validate_common(config)
+    s = settings(config)
+    train_ds = common.load_split(config, "train")
+    model = common.build_model(config, num_classes=train_ds.num_classes)
+    params = _pruning.abstract_params(model, train_ds.x)
+    _pruning.check_prunable(s, params)
+    for method in s["methods"]:
+        target = method_target(method, max(s["sparsities"]))
+        key = common.seed_key(config)
+        _pruning.pruning_optimizer(config, s, params, steps=s["steps"], key=key, **target)
+
+
+def plot(workdir: str, rows: list[dict[str, Any]], dense_accuracy: float) -> str:
+    """Test accuracy vs target sparsity, one line per method; returns the file name."""
+    plt = report.pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["sparsity"])
+        ax.plot(
+            [r["target_sparsity"] for r in mine],
+            [r["test_accuracy"] for r in mine],
+            marker="o",
+            label=method,
+        )
+    ax.axhline(dense_accuracy, color="k", ls="--", lw=1, label="dense")
+    targets = sorted({r["target_sparsity"] for r in rows})
+    if all(0.0 < s < 1.0 for s in targets):
+        ax.set_xscale("logit")  # spreads 0.9, 0.95, 0.98 apart
+        ax.set_xticks(targets, [f"{s:g}" for s in targets])
+        ax.minorticks_off()
+    ax.set_xlabel("sparsity of the prunable weights")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, "sparsity_accuracy.png"), dpi=100)
+    plt.close(fig)
+    return "sparsity_accuracy.png"
+
+
+def run(config, workdir: str, *, progress: bool = True) -> dict:
+    timer = common.Timer()
+    s = settings(config)
+    ctx = _pruning.make_context(config, workdir, progress=progress, s=s)
+    dense, dense_row = _pruning.dense_phase(ctx)
+    rows = []
+    for method in s["methods"]:
+        for sparsity in s["sparsities"]:
+            name = f"{method}@{sparsity:g}"
+            state, _ = _pruning.prune_from(
+                ctx, dense, phase=name, steps=s["steps"], key=ctx.keys["prune"],
+                **method_target(method, sparsity),
+            )  # fmt: skip
+            rows.append(
+                {
+                    "name": name,
+                    "method": method,
+                    "target_sparsity": sparsity,
+                    "sparsity": _pruning.counts(ctx, state.params)["sparsity"],
+                    "test_accuracy": _pruning.accuracy(ctx, ctx.forward, state.variables()),
+                }
+            )
+    return {
+        "experiment": "sparsity_sweep",
+        "dataset": common.get(config, "dataset.name"),
+        "model": common.get(config, "model.name"),
+        "rows": rows,
+        "dense_test_accuracy": dense_row["test_accuracy"],
+        "prunable_params": ctx.prunable_params,
+        "plots": [plot(workdir, rows, dense_row["test_accuracy"])],
+        "wall_s": timer(),
+    }

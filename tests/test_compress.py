@@ -1,0 +1,188 @@
+"""End-to-end tests of the ``compress`` and ``sparsity_sweep`` experiments through the CLI."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxopt_ft import experiments
+from jaxopt_ft.experiments import _pruning
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMPRESS = os.path.join(ROOT, "configs", "mnist1d_compress.py")
+SWEEP = os.path.join(ROOT, "configs", "mnist1d_sparsity_sweep.py")
+
+# A few hundred steps in all, on a narrower CNN.
+SMALL = [
+    "--config.model.channels=(16, 16, 16)",
+    "--config.train.steps=150",
+    "--config.train.log_every=50",
+    "--config.prune.steps=120",
+    "--config.prune.frequency=10",
+    "--config.prune.structured_steps=30",
+    # A quarter of conv1's channels and half of conv2's and conv3's; the head stays.
+    "--config.prune.structured_rules=(('conv1', 0.25), ('conv[23]', 0.5))",
+    "--config.eval.timing_repeats=2",
+    "--noprogress",
+]
+
+
+def cli(*args, timeout=300):
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    return subprocess.run(
+        [sys.executable, "-m", "jaxopt_ft.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def one_error_line(result):
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr[-2000:]
+    assert lines[0].startswith("jaxopt-ft: error:")
+    return lines[0]
+
+
+def test_compress_end_to_end(tmp_path):
+    wd = tmp_path / "run"
+    r = cli(f"--config={COMPRESS}", f"--workdir={wd}", *SMALL)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((wd / "report.json").read_text())
+    assert report["experiment"] == "compress"
+    rows = {row["name"]: row for row in report["rows"]}
+    assert list(rows) == ["dense", "pruned", "structured"]
+    for row in rows.values():
+        for key in ("test_accuracy", "params", "nonzero_params", "sparsity", "size_bytes"):
+            assert key in row, (row["name"], key)
+        assert 0.0 <= row["test_accuracy"] <= 1.0 and row["step_ms"] > 0
+        assert 0 < row["nonzero_params"] <= row["params"]
+    dense, pruned, structured = rows["dense"], rows["pruned"], rows["structured"]
+    # 16 channels: conv1 80+16, conv2 768+16, conv3 768+16, head 80*10+10.
+    assert dense["params"] == pruned["params"] == 2474
+    assert dense["size_bytes"] == 4 * 2474 and dense["sparsity"] == 0.0
+    # conv1/kernel is excluded (exclude_first): conv2, conv3 and head kernels are prunable.
+    n_prunable = report["prunable_params"]
+    assert n_prunable == 768 + 768 + 800
+    assert pruned["sparsity"] >= 0.9
+    removed = round(pruned["sparsity"] * n_prunable)
+    assert pruned["nonzero_params"] <= pruned["params"] - removed
+    assert pruned["nonzero_params"] >= pruned["params"] - n_prunable
+    assert (wd / "pruned.npz").stat().st_size == pruned["size_bytes"] < dense["size_bytes"]
+    assert report["structured_kept_units"] == {"conv1": 12, "conv2": 8, "conv3": 8}
+    assert structured["params"] == (60 + 12) + (288 + 8) + (192 + 8) + (400 + 10)
+    assert structured["size_bytes"] == 4 * structured["params"]
+    assert structured["sparsity"] == pytest.approx(1 - (288 + 192 + 400) / n_prunable)
+    assert structured["params"] < dense["params"]
+    layers = {r["name"]: r for r in report["layer_sparsity"]}
+    assert layers["conv1/kernel"]["sparsity"] == 0.0 and not layers["conv1/kernel"]["prunable"]
+    assert layers["total (prunable)"]["nonzero"] == round((1 - pruned["sparsity"]) * n_prunable)
+    assert report["plots"] == ["layer_sparsity.png"]
+    assert (wd / "layer_sparsity.png").read_bytes()[:4] == b"\x89PNG"
+    for phase in ("dense", "prune", "structured"):
+        assert (wd / "checkpoints" / phase).is_dir(), phase
+    # A finished run restores every phase and reports the same accuracies.
+    r2 = cli(f"--config={COMPRESS}", f"--workdir={wd}", *SMALL)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    again = {row["name"]: row for row in json.loads((wd / "report.json").read_text())["rows"]}
+    for name, row in rows.items():
+        for key in ("test_accuracy", "nonzero_params", "sparsity", "size_bytes"):
+            assert again[name][key] == row[key], (name, key)
+
+
+def test_sparsity_sweep_end_to_end(tmp_path):
+    wd = tmp_path / "sweep"
+    r = cli(
+        f"--config={SWEEP}",
+        f"--workdir={wd}",
+        "--config.model.channels=(8, 8, 8)",
+        "--config.train.steps=60",
+        "--config.prune.steps=20",
+        "--config.prune.frequency=5",
+        "--config.sweep.sparsities=(0.5, 0.9)",
+        "--noprogress",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((wd / "report.json").read_text())
+    methods = ("magnitude-layer", "magnitude-global", "random", "saliency")
+    names = [f"{m}@{s}" for m in methods for s in ("0.5", "0.9")]
+    assert [row["name"] for row in report["rows"]] == names
+    for row in report["rows"]:
+        assert row["method"] in methods
+        assert row["sparsity"] >= row["target_sparsity"]
+        assert row["sparsity"] - row["target_sparsity"] < 0.01
+        assert 0.0 <= row["test_accuracy"] <= 1.0
+    assert 0.0 <= report["dense_test_accuracy"] <= 1.0
+    assert report["plots"] == ["sparsity_accuracy.png"]
+    assert (wd / "sparsity_accuracy.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("--config.prune.sparsity=1.0", "prune.sparsity=1.0 must be a number in [0, 1)"),
+        ("--config.prune.scope=channel", "prune.scope='channel' is not accepted"),
+        ("--config.prune.rules=(('dense9/kernel', True),)", "matching no parameter: ['dense9"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path, override, fragment):
+    r = cli(f"--config={COMPRESS}", f"--workdir={tmp_path / 'w'}", override)
+    line = one_error_line(r)
+    assert fragment in line, line
+    assert not (tmp_path / "w").exists()  # validated before any work
+
+
+def load_config(path, **overrides):
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for dotted, value in overrides.items():
+        section, key = dotted.split("__")
+        config[section][key] = value
+    return config
+
+
+@pytest.mark.parametrize(
+    "kind, overrides, fragment",
+    [
+        ("compress", {"prune__sparsity": -0.1}, "prune.sparsity=-0.1"),
+        ("compress", {"prune__scorer": "taylor"}, "prune.scorer='taylor'"),
+        ("compress", {"prune__distribution": "erk"}, "scope='global'"),
+        ("compress", {"prune__begin_fraction": 0.8}, "prune.begin_fraction=0.8"),
+        ("compress", {"prune__rules": (("conv.*/kernel", "yes"),)}, "must be True or False"),
+        ("compress", {"prune__rules": ((".*/kernel", False),)}, "No prunable parameters"),
+        ("compress", {"prune__structured_sparsity": 1.5}, "prune.structured_sparsity=1.5"),
+        ("compress", {"prune__structured_rules": (("conv9", 0.5),)}, "conv9"),
+        ("compress", {"prune__export_format": "csr"}, "prune.export_format='csr'"),
+        ("sparsity_sweep", {"sweep__methods": ("magnitude-layer", "snip")}, "sweep.methods"),
+        ("sparsity_sweep", {"sweep__sparsities": (0.5, 1.0)}, "sweep.sparsities[1]=1.0"),
+        ("sparsity_sweep", {"sweep__sparsities": (0.5, 0.5)}, "duplicates"),
+    ],
+)
+def test_validate_names_the_bad_key(kind, overrides, fragment):
+    config = load_config(COMPRESS if kind == "compress" else SWEEP, **overrides)
+    with pytest.raises(ValueError) as e:
+        experiments.get(config.experiment).validate(config)
+    assert fragment in str(e.value)
+
+
+def test_at_least_reaches_the_target_in_every_scope():
+    sizes = [320, 12288, 3200]
+    for scope, distribution in (("global", "uniform"), ("layer", "uniform"), ("layer", "erk")):
+        s = _pruning.at_least(0.9, sizes, scope=scope, distribution=distribution)
+        scopes = sizes if distribution == "uniform" and scope == "layer" else [sum(sizes)]
+        # The library's count under jit: floor(float32(s) * n + 0.5).
+        removed = [int(np.floor(np.float32(s) * np.float32(n) + np.float32(0.5))) for n in scopes]
+        needed = [int(np.ceil(round(0.9 * n, 6))) for n in scopes]
+        assert all(r >= k for r, k in zip(removed, needed, strict=True)), (scope, removed)
+        assert any(r == k for r, k in zip(removed, needed, strict=True)), (scope, removed)
+    assert _pruning.at_least(0.9, [15880], scope="global", distribution="uniform") * 15880 < 14292
+    assert _pruning.at_least(0.0, sizes, scope="global", distribution="uniform") == 0.0
