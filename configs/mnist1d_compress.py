@@ -82,4 +82,16 @@ def get_config(arg=None):
             "structured_learning_rate": 3e-3,
         }
     )
+    # Quantization rows: int8_ptq, int8_weights, qat_int4, pruned_quantized.
+    config.quant = ml_collections.ConfigDict(
+        {
+            "bits": 8,
+            "qat_bits": 4,
+            "first_last_bits": 8,  # first and last layer stay at 8 bits (0: no exception)
+            "qat_steps": 100,
+            "learning_rate": 1e-3,
+            "calibration_batches": 10,
+            "observer": "minmax",
+        }
+    )
     return config

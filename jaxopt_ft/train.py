@@ -4,10 +4,22 @@ A step is a pure function ``train_step(state, batch, key) -> (state, metrics)``;
 with the state donated and drives it from Python (one compiled call per step). Everything that
 changes how parameters move lives in the optax transformation, so the loop, checkpoints and
 data-parallel wrappers never need to know about pruning masks or frozen groups.
+
+Steps are *micro-steps*: with gradient accumulation (``optim.make(..., accumulate_steps=k)``)
+`fit`'s ``steps`` counts batches, and the parameters move every k-th step.
+
+Non-finite updates: when the optimizer is guarded (``optim.make(..., skip_nonfinite=True)``),
+a step whose gradient holds a NaN or Inf leaves the parameters, optimizer state and BatchNorm
+statistics untouched, and its metrics carry ``nonfinite_consecutive`` and ``nonfinite_total``.
+With ``fit(..., nan_policy="stop")`` the run ends after ``max_consecutive_nonfinite`` such
+steps in a row with :class:`NonFiniteError` (a ValueError: the CLI prints it as one line and
+exits with code 2), without saving a checkpoint past the last good one.
 """
 
 from __future__ import annotations
 
+import collections
+import functools
 import json
 import os
 import sys
@@ -23,10 +35,17 @@ import optax
 from flax import struct
 
 from jaxopt_ft import checkpoint as ckpt_lib
+from jaxopt_ft import optim
 
 PyTree = Any
 Batch = dict[str, Any]
 StepFn = Callable[..., tuple[Any, dict[str, jax.Array]]]
+
+NAN_POLICIES = ("skip", "stop")
+
+
+class NonFiniteError(ValueError):
+    """Training hit too many consecutive non-finite updates (``nan_policy="stop"``)."""
 
 
 class TrainState(struct.PyTreeNode):
@@ -143,15 +162,27 @@ def make_train_step(
         )
         updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        batch_stats = model_state.get("batch_stats", state.batch_stats)
+        metrics = {}
+        guard = optim.nonfinite_counts(opt_state)
+        if guard is not None:
+            # A skipped update must not leave NaN running statistics behind either.
+            batch_stats = jax.tree.map(
+                lambda new, old: jnp.where(guard["applied"], new, old),
+                batch_stats,
+                state.batch_stats,
+            )
+            metrics["nonfinite_consecutive"] = guard["consecutive"]
+            metrics["nonfinite_total"] = guard["total"]
         state = state.replace(
             step=state.step + 1,
             params=params,
             opt_state=opt_state,
-            batch_stats=model_state.get("batch_stats", state.batch_stats),
+            batch_stats=batch_stats,
         )
         labels = _hard_labels(batch["label"], logits)
         accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-        return state, {"loss": loss, "accuracy": accuracy}
+        return state, {"loss": loss, "accuracy": accuracy, **metrics}
 
     return train_step
 
@@ -180,8 +211,18 @@ def evaluate(
     *,
     eval_step: Callable | None = None,
 ) -> dict[str, float]:
-    """Runs ``eval_step`` over ``batches``; returns ``test_loss`` and ``test_accuracy``."""
-    step = jax.jit(eval_step or make_eval_step())
+    """Runs ``eval_step`` over ``batches``; returns ``test_loss`` and ``test_accuracy``.
+
+    The default evaluation ignores the optimizer, so it runs on the state without one: models
+    of the same shape share one compiled program whatever their optimizers (sweeps compile it
+    once). A custom ``eval_step`` gets the full state.
+    """
+    if eval_step is None:
+        step = _default_eval
+        if isinstance(state, TrainState):
+            state = state.replace(opt_state=(), tx=None)
+    else:
+        step = jax.jit(eval_step)
     totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
     for batch in batches:
         out = jax.device_get(step(state, batch))
@@ -193,6 +234,18 @@ def evaluate(
         "test_loss": totals["loss_sum"] / totals["count"],
         "test_accuracy": totals["correct"] / totals["count"],
     }
+
+
+_default_eval = jax.jit(make_eval_step())
+_CHECK_LAG = 8
+
+
+@functools.partial(jax.jit, static_argnums=3, donate_argnums=0)
+def _default_step(state, batch, base_key, train_step):
+    # The step key is derived inside the compiled call: no extra dispatch per step. The step
+    # function is a static argument, so fitting again with the same step function and an
+    # equal state structure (e.g. several seeds sharing one optimizer) reuses the program.
+    return train_step(state, batch, jax.random.fold_in(base_key, state.step))
 
 
 def _rewrite_metrics(path: str, phase: str, keep_upto: int) -> None:
@@ -215,6 +268,26 @@ def _rewrite_metrics(path: str, phase: str, keep_upto: int) -> None:
     os.replace(tmp, path)
 
 
+def _streak_error(done, metrics, *, limit, phase, ckpt) -> NonFiniteError | None:
+    """The error for a run of ``limit`` skipped updates ending at step ``done``, else None."""
+    if "nonfinite_consecutive" not in metrics:
+        return None
+    run = int(np.max(np.asarray(jax.device_get(metrics["nonfinite_consecutive"]))))
+    if run < limit:
+        return None
+    total = int(np.max(np.asarray(jax.device_get(metrics["nonfinite_total"]))))
+    kept = ckpt.latest_step() if ckpt else None
+    if kept is not None:
+        where = f"the last checkpoint (step {kept}) is kept"
+    else:
+        where = "no checkpoint was written" if ckpt else "nothing was saved (no workdir)"
+    return NonFiniteError(
+        f"Training stopped at step {done} of phase {phase!r}: {run} consecutive non-finite "
+        f"updates (steps {done - run + 1}-{done}, {total} skipped in all); {where}. Lower the "
+        "learning rate, set optimizer.clip_norm, check the data, or use train.nan_policy='skip'."
+    )
+
+
 def fit(
     state: TrainState,
     train_step: StepFn,
@@ -229,6 +302,8 @@ def fit(
     log_every: int = 100,
     progress: bool = True,
     jit_step: Callable[[StepFn], StepFn] | None = None,
+    nan_policy: str = "skip",
+    max_consecutive_nonfinite: int = 10,
 ) -> tuple[TrainState, dict[str, float]]:
     """Trains ``state`` for ``steps`` steps in total, resuming from ``workdir`` if possible.
 
@@ -248,12 +323,33 @@ def fit(
       progress: show a tqdm bar (only when stderr is a terminal).
       jit_step: compiles the step (default ``jax.jit`` with the state donated); data-parallel
         wrappers plug in here.
+      nan_policy: ``"skip"``: non-finite updates (skipped by a guarded optimizer) are only
+        counted; ``"stop"``: after ``max_consecutive_nonfinite`` of them in a row, raise
+        :class:`NonFiniteError` naming the step. Needs a step whose metrics carry
+        ``nonfinite_consecutive`` (`make_train_step` with ``optim.make(...,
+        skip_nonfinite=True)``); without them there is nothing to check.
+      max_consecutive_nonfinite: the run length that stops training under ``"stop"``.
 
     Returns:
-      ``(state, summary)`` with ``final_train_loss``, ``train_steps_per_s``, ``train_wall_s``.
+      ``(state, summary)`` with ``final_train_loss``, ``train_steps_per_s``, ``train_wall_s``,
+      and ``nonfinite_updates`` (skipped updates so far) when the optimizer is guarded.
+
+    Raises:
+      NonFiniteError: ``nan_policy="stop"`` and too many consecutive non-finite updates; the
+        checkpoints written before stay as they were (no checkpoint is saved past the last
+        step checked to be within the limit).
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps!r}.")
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(
+            f"nan_policy={nan_policy!r} is not accepted; choose one of: {', '.join(NAN_POLICIES)}."
+        )
+    limit = max_consecutive_nonfinite
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(
+            f"max_consecutive_nonfinite must be an integer >= 1, got {max_consecutive_nonfinite!r}."
+        )
     ckpt = None
     start = 0
     metrics_path = os.path.join(workdir, "metrics.jsonl") if workdir else None
@@ -270,16 +366,32 @@ def fit(
                 ckpt.delete_after(start)
         _rewrite_metrics(metrics_path, phase, start)
 
-    def keyed_step(state, batch, base_key):
-        # The step key is derived inside the compiled call: no extra dispatch per step.
-        return train_step(state, batch, jax.random.fold_in(base_key, state.step))
+    if jit_step is None:
+        step_fn = functools.partial(_default_step, train_step=train_step)
+    else:
 
-    compile_step = jit_step or (lambda f: jax.jit(f, donate_argnums=0))
-    step_fn = compile_step(keyed_step)
+        def keyed_step(state, batch, base_key):
+            return train_step(state, batch, jax.random.fold_in(base_key, state.step))
+
+        step_fn = jit_step(keyed_step)
     last = {}
     t_start = time.perf_counter()
     t_first = None
     bar = None
+
+    # Under "stop", every step's counters are read, but only _CHECK_LAG steps later, when that
+    # step has long finished: reading them at once would stall the dispatch pipeline.
+    pending = collections.deque()
+
+    def check_finite(keep: int) -> None:
+        while len(pending) > keep:
+            err = _streak_error(*pending.popleft(), limit=limit, phase=phase, ckpt=ckpt)
+            if err is not None:
+                bar.close()
+                if ckpt:
+                    ckpt.close()
+                raise err
+
     if start < steps:
         from tqdm.auto import tqdm
 
@@ -294,6 +406,9 @@ def fit(
         for step in range(start, steps):
             batch = next(it)
             state, metrics = step_fn(state, batch, key)
+            if nan_policy == "stop":
+                pending.append((step + 1, metrics))
+                check_finite(_CHECK_LAG)
             if t_first is None:
                 jax.block_until_ready(metrics)
                 t_first = time.perf_counter()
@@ -309,7 +424,9 @@ def fit(
                         f.write(json.dumps(rec) + "\n")
             bar.update(1)
             if ckpt and checkpoint_every and done % checkpoint_every == 0 and done < steps:
+                check_finite(0)  # never save past a stopping point
                 ckpt.save(done, state.tree())
+        check_finite(0)
         bar.close()
     if ckpt:
         if steps > 0 or ckpt.latest_step() is None:
@@ -323,6 +440,9 @@ def fit(
         summary["train_steps_per_s"] = (ran - 1) / (t_end - t_first)
     if "loss" in last:
         summary["final_train_loss"] = last["loss"]
+    counts = optim.nonfinite_counts(state.opt_state)
+    if counts is not None:
+        summary["nonfinite_updates"] = int(np.max(np.asarray(jax.device_get(counts["total"]))))
     return state, summary
 
 

@@ -96,15 +96,40 @@ def build_schedule(config, *, steps: int, learning_rate: float | None = None) ->
 def build_optimizer(
     config, *, steps: int, learning_rate: float | None = None
 ) -> optax.GradientTransformation:
+    """The config's optimizer with its recipes (accumulation, clipping, decay rules, EMA, guard).
+
+    ``steps`` counts micro-steps (batches); with ``optimizer.accumulate_steps=k`` the schedule
+    runs over the ``ceil(steps / k)`` updates the optimizer actually makes.
+    """
     opt = get(config, "optimizer")
     extra = {
         k: opt[k] for k in ("momentum", "b1", "b2", "eps", "decay", "weight_decay") if k in opt
     }
+    k = get(config, "optimizer.accumulate_steps", 1)
+    optim.accumulate(optax.identity(), every_k=k)  # rejects k < 1 before dividing by it
+    rules = get(config, "optimizer.weight_decay_rules", None)
     return optim.make(
         get(config, "optimizer.name"),
-        learning_rate=build_schedule(config, steps=steps, learning_rate=learning_rate),
+        learning_rate=build_schedule(config, steps=-(-steps // k), learning_rate=learning_rate),
+        weight_decay_rules=[tuple(r) for r in rules] if rules else None,
+        clip_norm=get(config, "optimizer.clip_norm", 0.0),
+        accumulate_steps=k,
+        ema_decay=get(config, "train.ema_decay", 0.0),
+        skip_nonfinite=True,
         **extra,
     )
+
+
+def build_augment(config, ds_name: str, *, num_classes: int):
+    """The config's ``augment.ops`` as one ``(key, batch) -> batch`` function, or None."""
+    from jaxopt_ft.data import augment
+
+    shape = data.input_shape(ds_name, data_dir=data_dir(config))
+    spec = get(config, "augment.ops", "")
+    try:
+        return augment.build(spec, input_shape=shape, num_classes=num_classes)
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"augment.ops={spec!r}: {e}") from None
 
 
 def validate_common(config) -> None:
@@ -129,9 +154,38 @@ def validate_common(config) -> None:
     ):
         raise ValueError(f"train.label_smoothing must be in [0, 1), got {smoothing!r}.")
     check_choice(config, "parallel.mode", PARALLEL_MODES)
+    accumulate = get(config, "optimizer.accumulate_steps", 1)
+    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+        raise ValueError(
+            f"optimizer.accumulate_steps must be an integer >= 1 (1 = no accumulation), got "
+            f"{accumulate!r}."
+        )
+    if steps % accumulate:
+        raise ValueError(
+            f"train.steps={steps} is not a multiple of optimizer.accumulate_steps={accumulate} "
+            "(train.steps counts micro-batches); make it one."
+        )
+    clip = get(config, "optimizer.clip_norm", 0.0)
+    if isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip < 0:
+        raise ValueError(
+            f"optimizer.clip_norm must be a number >= 0 (0 = no clipping), got {clip!r}."
+        )
+    ema = get(config, "train.ema_decay", 0.0)
+    if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 <= ema < 1:
+        raise ValueError(f"train.ema_decay must be in [0, 1) (0 = no EMA), got {ema!r}.")
+    policy = get(config, "train.nan_policy", "skip")
+    if policy not in train.NAN_POLICIES:
+        raise ValueError(
+            f"train.nan_policy={policy!r} is not accepted; choose one of: "
+            f"{', '.join(train.NAN_POLICIES)}."
+        )
+    limit = get(config, "train.max_consecutive_nonfinite", 10)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"train.max_consecutive_nonfinite must be an integer >= 1, got {limit!r}.")
     build_optimizer(config, steps=steps)  # validates the remaining optimizer/schedule values
     # Unknown model kwargs and unavailable datasets fail here, before any work.
     build_model(config, num_classes=data.num_classes(name, data_dir=data_dir(config)))
+    build_augment(config, name, num_classes=data.num_classes(name, data_dir=data_dir(config)))
     n_train = len(load_split(config, "train").label)
     if batch_size > n_train:
         raise ValueError(
@@ -170,8 +224,16 @@ def fit(config, state, train_step, ds, *, workdir, phase, steps, key, progress, 
         max_to_keep=get(config, "checkpoint.max_to_keep", 3),
         log_every=get(config, "train.log_every", 100),
         progress=progress,
-        **kw,
+        **{**fit_options(config), **kw},
     )
+
+
+def fit_options(config) -> dict[str, Any]:
+    """`train.fit` keyword arguments for the NaN/Inf policy."""
+    return {
+        "nan_policy": get(config, "train.nan_policy", "skip"),
+        "max_consecutive_nonfinite": get(config, "train.max_consecutive_nonfinite", 10),
+    }
 
 
 def size_row(params) -> dict[str, int]:
@@ -207,14 +269,32 @@ def base_config() -> ml_collections.ConfigDict:
     config.dataset = ml_collections.ConfigDict({"name": "mnist1d", "data_dir": ""})
     config.model = ml_collections.ConfigDict({"name": "cnn"})
     config.optimizer = ml_collections.ConfigDict(
-        {"name": "adam", "learning_rate": 1e-2, "momentum": 0.9, "weight_decay": 1e-4}
+        {
+            "name": "adam",
+            "learning_rate": 1e-2,
+            "momentum": 0.9,
+            "weight_decay": 1e-4,  # adamw only, on the leaves weight_decay_rules select
+            "weight_decay_rules": (),  # () = kernels only; else ((regex, bool), ...)
+            "clip_norm": 0.0,  # global-norm clipping; 0 = off
+            "accumulate_steps": 1,  # micro-batches per update; train.steps counts micro-batches
+        }
     )
     config.schedule = ml_collections.ConfigDict(
         {"name": "constant", "warmup_steps": 0, "decay_rate": 0.01}
     )
     config.train = ml_collections.ConfigDict(
-        {"steps": 1000, "batch_size": 100, "log_every": 100, "label_smoothing": 0.0}
+        {
+            "steps": 1000,
+            "batch_size": 100,
+            "log_every": 100,
+            "label_smoothing": 0.0,
+            "ema_decay": 0.0,  # parameter EMA used for evaluation; 0 = off
+            "nan_policy": "stop",  # non-finite updates are skipped; "stop" ends long runs of them
+            "max_consecutive_nonfinite": 10,
+        }
     )
+    # On-device augmentation, e.g. "crop(pad=1), rotate(degrees=10)"; see jaxopt_ft.data.augment.
+    config.augment = ml_collections.ConfigDict({"ops": ""})
     config.eval = ml_collections.ConfigDict({"batch_size": 1000})
     config.checkpoint = ml_collections.ConfigDict({"every_steps": 1000, "max_to_keep": 3})
     config.parallel = ml_collections.ConfigDict({"mode": "none"})

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 
 from jaxopt_ft import prune, report, train
 from jaxopt_ft import tree as tree_lib
-from jaxopt_ft.experiments import _pruning, common
+from jaxopt_ft.experiments import _pruning, _quantizing, common
 from jaxopt_ft.experiments._pruning import Context
 from jaxopt_ft.prune import export as prune_export
 from jaxopt_ft.prune import structured as prune_structured
@@ -83,6 +83,7 @@ def settings(config) -> dict[str, Any]:
 def validate(config) -> None:
     """Checks every key and surfaces the pruning library's errors before any training."""
     common.validate_common(config)
+    _quantizing.validate_quant(config)
     s = settings(config)
     train_ds = common.load_split(config, "train")
     model = common.build_model(config, num_classes=train_ds.num_classes)
@@ -216,6 +217,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
     pruned, masks, pruned_row = pruned_phase(ctx, dense)
     _, small, structured_row = structured_phase(ctx, dense)
     rows = [dense_row, pruned_row, structured_row]
+    rows += _quantizing.quant_rows(ctx, dense=dense, pruned=pruned, masks=masks)
     _pruning.time_rows(ctx, rows)
     layers = layer_summary(ctx, pruned.params, masks)
     return {

@@ -1,10 +1,16 @@
-"""Experiment ``train``: train one model on one dataset and report its test metrics."""
+"""Experiment ``train``: train one model on one dataset and report its test metrics.
+
+The training recipes come from the config: ``augment.ops`` (on-device augmentation),
+``train.label_smoothing``, ``train.ema_decay`` (the row's test metrics then use the EMA
+parameters; ``test_accuracy_no_ema`` has the raw ones), ``optimizer.clip_norm``,
+``optimizer.accumulate_steps`` and ``train.nan_policy``.
+"""
 
 from __future__ import annotations
 
 import jax
 
-from jaxopt_ft import train
+from jaxopt_ft import optim, train
 from jaxopt_ft.experiments import common
 
 
@@ -26,7 +32,8 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
         apply_fn=model.apply, params=params, tx=tx, batch_stats=batch_stats
     )
     step_fn = train.make_train_step(
-        label_smoothing=common.get(config, "train.label_smoothing", 0.0)
+        augment=common.build_augment(config, name, num_classes=train_ds.num_classes),
+        label_smoothing=common.get(config, "train.label_smoothing", 0.0),
     )
     state, summary = common.fit(
         config,
@@ -40,12 +47,19 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
         progress=progress,
     )
     metrics = common.evaluate(config, state, test_ds)
+    if common.get(config, "train.ema_decay", 0.0):
+        raw = metrics
+        metrics = common.evaluate(
+            config, state.replace(params=optim.ema_params(state.opt_state)), test_ds
+        )
+        metrics["test_accuracy_no_ema"] = raw["test_accuracy"]
     row = {
         "name": "dense",
         **metrics,
         **common.size_row(state.params),
         "train_steps_per_s": summary.get("train_steps_per_s"),
         "final_train_loss": summary.get("final_train_loss"),
+        "nonfinite_updates": summary.get("nonfinite_updates", 0),
         "wall_s": timer(),
     }
     return {
