@@ -27,6 +27,8 @@ SMALL = [
     # A quarter of conv1's channels and half of conv2's and conv3's; the head stays.
     "--config.prune.structured_rules=(('conv1', 0.25), ('conv[23]', 0.5))",
     "--config.eval.timing_repeats=2",
+    "--config.quant.qat_steps=20",
+    "--config.quant.calibration_batches=2",
     "--noprogress",
 ]
 
@@ -58,7 +60,15 @@ def test_compress_end_to_end(tmp_path):
     report = json.loads((wd / "report.json").read_text())
     assert report["experiment"] == "compress"
     rows = {row["name"]: row for row in report["rows"]}
-    assert list(rows) == ["dense", "pruned", "structured"]
+    assert list(rows) == [
+        "dense",
+        "pruned",
+        "structured",
+        "int8_ptq",
+        "int8_weights",
+        "qat_int4",
+        "pruned_quantized",
+    ]
     for row in rows.values():
         for key in ("test_accuracy", "params", "nonzero_params", "sparsity", "size_bytes"):
             assert key in row, (row["name"], key)
