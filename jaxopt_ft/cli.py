@@ -86,14 +86,17 @@ def check_workdir(workdir: str, config, *, allow_change: bool) -> None:
                 f"--workdir={workdir!r} holds a run of a different config ({shown}); use a new "
                 "workdir, or pass --allow_config_change to resume it with this config."
             )
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(new, f, indent=2)
-    os.replace(tmp, path)
+    from jaxopt_ft import parallel
+
+    if parallel.is_main_process():
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(new, f, indent=2)
+        os.replace(tmp, path)
 
 
 def main(argv) -> None:
-    from jaxopt_ft import experiments
+    from jaxopt_ft import experiments, parallel
     from jaxopt_ft import report as report_lib
 
     if len(argv) > 1:
@@ -114,6 +117,8 @@ def main(argv) -> None:
     workdir = _WORKDIR.value
     debug = bool(os.environ.get("JAXOPT_FT_DEBUG"))
     try:
+        # A multi-process run ($JAXOPT_FT_COORDINATOR etc.) joins its process group first.
+        parallel.initialize()
         kind = experiments.get(config.get("experiment", "train"))
         kind.validate(config)
         check_workdir(workdir, config, allow_change=_ALLOW_CONFIG_CHANGE.value)
@@ -129,6 +134,8 @@ def main(argv) -> None:
         if debug:
             raise
         _fail(str(e))
+    if not parallel.is_main_process():
+        return  # only process 0 writes reports
     report_lib.write(workdir, report)
     for row in report["rows"]:
         print(json.dumps(row))

@@ -84,6 +84,14 @@ def _atomic_write(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def savefig(fig: Any, path: str, **kwargs: Any) -> None:
+    """Saves ``fig`` to ``path`` on the main process only (every process may build it)."""
+    from jaxopt_ft import parallel
+
+    if parallel.is_main_process():
+        fig.savefig(path, **kwargs)
+
+
 def pyplot():
     """matplotlib's pyplot on the non-interactive Agg backend."""
     import matplotlib

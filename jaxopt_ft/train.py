@@ -35,7 +35,7 @@ import optax
 from flax import struct
 
 from jaxopt_ft import checkpoint as ckpt_lib
-from jaxopt_ft import optim
+from jaxopt_ft import optim, parallel
 
 PyTree = Any
 Batch = dict[str, Any]
@@ -128,6 +128,7 @@ def make_train_step(
     augment: Callable[[jax.Array, Batch], Batch] | None = None,
     label_smoothing: float = 0.0,
     apply_fn: Callable | None = None,
+    axis_name: str | None = None,
 ) -> StepFn:
     """Returns a pure ``train_step(state, batch, key) -> (state, metrics)``.
 
@@ -136,9 +137,14 @@ def make_train_step(
       label_smoothing: label smoothing of the cross-entropy loss.
       apply_fn: overrides ``state.apply_fn`` (e.g. a quantization-aware forward pass with the
         same signature as ``model.apply``).
+      axis_name: under ``pmap`` (``strategy.axis_name``), the device axis whose index is folded
+        into the augmentation and dropout keys, so each device draws for its own examples
+        instead of repeating one device's draws.
     """
 
     def train_step(state: TrainState, batch: Batch, key: jax.Array):
+        if axis_name is not None:
+            key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
         k_aug, k_drop = jax.random.split(key)
         if augment is not None:
             batch = augment(k_aug, batch)
@@ -248,6 +254,19 @@ def _default_step(state, batch, base_key, train_step):
     return train_step(state, batch, jax.random.fold_in(base_key, state.step))
 
 
+@functools.lru_cache(maxsize=64)
+def _strategy_step(strategy: parallel.Strategy, train_step: StepFn) -> StepFn:
+    """``strategy.step`` of ``train_step`` with the step key derived on device (cached)."""
+
+    def keyed_step(state, batch, base_key):
+        # The same key on every device: replicas must agree on random choices that move the
+        # shared parameters (PCGrad's task order, a sampled task). Per-example randomness under
+        # pmap folds in the device index itself (`make_train_step(axis_name=...)`).
+        return train_step(state, batch, jax.random.fold_in(base_key, state.step))
+
+    return strategy.step(keyed_step)
+
+
 def _rewrite_metrics(path: str, phase: str, keep_upto: int) -> None:
     """Drops this phase's records after ``keep_upto`` (a resumed run logs them again)."""
     if not os.path.exists(path):
@@ -304,6 +323,7 @@ def fit(
     jit_step: Callable[[StepFn], StepFn] | None = None,
     nan_policy: str = "skip",
     max_consecutive_nonfinite: int = 10,
+    strategy: parallel.Strategy | None = None,
 ) -> tuple[TrainState, dict[str, float]]:
     """Trains ``state`` for ``steps`` steps in total, resuming from ``workdir`` if possible.
 
@@ -329,6 +349,11 @@ def fit(
         ``nonfinite_consecutive`` (`make_train_step` with ``optim.make(...,
         skip_nonfinite=True)``); without them there is nothing to check.
       max_consecutive_nonfinite: the run length that stops training under ``"stop"``.
+      strategy: runs the step data-parallel (:func:`jaxopt_ft.parallel.make`): ``batches``
+        still yields the *global* batch (its size must divide by the device count), checkpoints
+        hold the plain layout (so they restore onto any device count), and the returned state
+        is a single-device copy, ready for evaluation. Every device gets the same step key.
+        Only the main process writes ``metrics.jsonl``. Cannot be combined with ``jit_step``.
 
     Returns:
       ``(state, summary)`` with ``final_train_loss``, ``train_steps_per_s``, ``train_wall_s``,
@@ -350,9 +375,18 @@ def fit(
         raise ValueError(
             f"max_consecutive_nonfinite must be an integer >= 1, got {max_consecutive_nonfinite!r}."
         )
+    if strategy is not None and jit_step is not None:
+        raise ValueError("Pass either strategy or jit_step to fit, not both.")
+    if strategy is not None and strategy.mode == "none":
+        strategy = None  # the default path below is the same, with a shared compile cache
     ckpt = None
     start = 0
-    metrics_path = os.path.join(workdir, "metrics.jsonl") if workdir else None
+    main = parallel.is_main_process()
+    metrics_path = os.path.join(workdir, "metrics.jsonl") if workdir and main else None
+    if strategy is not None:
+        # The checkpoint layout on this strategy's devices: the restore target, so a checkpoint
+        # written with any device count comes back already placed.
+        state = strategy.unwrap(strategy.prepare(state))
     if workdir:
         ckpt = ckpt_lib.Checkpointer(
             os.path.join(workdir, "checkpoints", phase), max_to_keep=max_to_keep
@@ -362,11 +396,20 @@ def fit(
         if restored is not None:
             start, tree = restored
             state = state.replace_tree(tree)
-            if latest is not None and start < latest:
+            if latest is not None and start < latest and main:
                 ckpt.delete_after(start)
-        _rewrite_metrics(metrics_path, phase, start)
+        if metrics_path:
+            _rewrite_metrics(metrics_path, phase, start)
 
-    if jit_step is None:
+    save_tree = TrainState.tree
+    if strategy is not None:
+        state = strategy.prepare(state)
+        step_fn = _strategy_step(strategy, train_step)
+
+        def save_tree(state):
+            return strategy.unwrap(state).tree()
+
+    elif jit_step is None:
         step_fn = functools.partial(_default_step, train_step=train_step)
     else:
 
@@ -425,14 +468,16 @@ def fit(
             bar.update(1)
             if ckpt and checkpoint_every and done % checkpoint_every == 0 and done < steps:
                 check_finite(0)  # never save past a stopping point
-                ckpt.save(done, state.tree())
+                ckpt.save(done, save_tree(state))
         check_finite(0)
         bar.close()
     if ckpt:
         if steps > 0 or ckpt.latest_step() is None:
-            ckpt.save(steps, state.tree())
+            ckpt.save(steps, save_tree(state))
         ckpt.close()
     jax.block_until_ready(state)
+    if strategy is not None:
+        state = parallel.local(strategy.unwrap(state))
     t_end = time.perf_counter()
     ran = steps - start
     summary = {"train_wall_s": t_end - t_start}

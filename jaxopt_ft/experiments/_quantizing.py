@@ -39,6 +39,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import tempfile
 import time
 import zlib
 from collections.abc import Callable
@@ -49,7 +50,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxopt_ft import data, prune, quant, train
+from jaxopt_ft import data, parallel, prune, quant, train
 from jaxopt_ft import tree as tree_lib
 from jaxopt_ft.experiments import _pruning, common
 from jaxopt_ft.quant import core as quant_core
@@ -244,6 +245,7 @@ def qat(
         ctx.model,
         weight_bits=weight_rules(weights),
         act_bits=None if acts is None else act_rules(acts),
+        axis_name=common.strategy(ctx.config).axis_name,  # pmap: ranges over all devices
     )
     state = train.TrainState.create(
         apply_fn=ctx.model.apply,
@@ -270,8 +272,11 @@ def export(
     Returns:
       ``(encoding, bytes on disk, the tree read back from the file)``.
     """
-    folder = os.path.join(ctx.workdir, "quant")
-    os.makedirs(folder, exist_ok=True)
+    if parallel.is_main_process():
+        folder = os.path.join(ctx.workdir, "quant")
+        os.makedirs(folder, exist_ok=True)
+    else:  # the other processes of a multi-process run measure a private copy
+        folder = tempfile.mkdtemp(prefix="jaxopt_ft_quant_")
     path = os.path.join(folder, f"{name}.jfq")
     sizes = {}
     for enc in encodings:

@@ -61,13 +61,14 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
     model = common.build_model(config, num_classes=full.num_classes)
     steps = common.get(config, "train.steps")
     fraction = common.get(config, "subset.fraction")
+    smoothing = common.get(config, "train.label_smoothing", 0.0)
+    axis_name = common.strategy(config).axis_name
     steps_by_arm = {
-        "no_augment": train.make_train_step(
-            label_smoothing=common.get(config, "train.label_smoothing", 0.0)
-        ),
+        "no_augment": train.make_train_step(label_smoothing=smoothing, axis_name=axis_name),
         "augment": train.make_train_step(
             augment=common.build_augment(config, full.name, num_classes=full.num_classes),
-            label_smoothing=common.get(config, "train.label_smoothing", 0.0),
+            label_smoothing=smoothing,
+            axis_name=axis_name,
         ),
     }
     # One optimizer object and one step function per arm: every seed reuses the compiled step.

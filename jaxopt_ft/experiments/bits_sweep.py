@@ -128,7 +128,7 @@ def plot(workdir: str, rows: list[dict[str, Any]], dense_accuracy: float) -> str
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "bits_accuracy.png"), dpi=100)
+    report.savefig(fig, os.path.join(workdir, "bits_accuracy.png"), dpi=100)
     plt.close(fig)
     return "bits_accuracy.png"
 

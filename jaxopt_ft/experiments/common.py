@@ -6,6 +6,7 @@ library modules take.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -15,10 +16,10 @@ import jax
 import ml_collections
 import optax
 
-from jaxopt_ft import data, models, optim, train
+from jaxopt_ft import data, models, optim, parallel, train
 from jaxopt_ft import tree as tree_lib
 
-PARALLEL_MODES = ("none",)
+PARALLEL_MODES = parallel.MODES
 
 _MISSING = object()
 
@@ -154,6 +155,8 @@ def validate_common(config) -> None:
     ):
         raise ValueError(f"train.label_smoothing must be in [0, 1), got {smoothing!r}.")
     check_choice(config, "parallel.mode", PARALLEL_MODES)
+    strategy(config)  # fsdp outside mode sharding, more devices than exist
+    check_batch(config, batch_size, "train.batch_size")
     accumulate = get(config, "optimizer.accumulate_steps", 1)
     if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
         raise ValueError(
@@ -194,6 +197,45 @@ def validate_common(config) -> None:
         )
 
 
+def strategy(config) -> parallel.Strategy:
+    """The data-parallel strategy of ``parallel.mode`` / ``parallel.fsdp`` / ``parallel.devices``.
+
+    The same settings give the same strategy object, so repeated fits share compiled steps.
+    """
+    mode = check_choice(config, "parallel.mode", PARALLEL_MODES)
+    fsdp = get(config, "parallel.fsdp", False)
+    if not isinstance(fsdp, bool):
+        raise ValueError(f"parallel.fsdp must be True or False, got {fsdp!r}.")
+    devices = get(config, "parallel.devices", 0)
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 0:
+        raise ValueError(
+            f"parallel.devices must be an integer >= 0 (0 = every device), got {devices!r}."
+        )
+    if mode == "none" and (fsdp or devices > 1):
+        what = "parallel.fsdp=True" if fsdp else f"parallel.devices={devices}"
+        raise ValueError(
+            f"{what} needs a data-parallel mode, but parallel.mode='none'. Fix: set "
+            "parallel.mode='sharding' (or 'pmap' without fsdp)."
+        )
+    return _strategy(mode, fsdp, devices or None)
+
+
+@functools.cache
+def _strategy(mode: str, fsdp: bool, devices: int | None) -> parallel.Strategy:
+    try:
+        return parallel.make(mode, devices=devices, fsdp=fsdp)
+    except ValueError as e:
+        raise ValueError(str(e).replace("fsdp=", "parallel.fsdp=")) from None
+
+
+def check_batch(config, batch_size: int, key: str) -> None:
+    """Raises ValueError naming ``key`` unless ``batch_size`` divides by the device count."""
+    try:
+        parallel.check_batch(batch_size, strategy(config))
+    except ValueError as e:
+        raise ValueError(f"{key}={batch_size}: {e}") from None
+
+
 def load_split(config, split: str) -> data.Dataset:
     return data.load(get(config, "dataset.name"), split, data_dir=data_dir(config))
 
@@ -229,10 +271,11 @@ def fit(config, state, train_step, ds, *, workdir, phase, steps, key, progress, 
 
 
 def fit_options(config) -> dict[str, Any]:
-    """`train.fit` keyword arguments for the NaN/Inf policy."""
+    """`train.fit` keyword arguments for the NaN/Inf policy and the data-parallel strategy."""
     return {
         "nan_policy": get(config, "train.nan_policy", "skip"),
         "max_consecutive_nonfinite": get(config, "train.max_consecutive_nonfinite", 10),
+        "strategy": strategy(config),
     }
 
 
@@ -297,5 +340,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.augment = ml_collections.ConfigDict({"ops": ""})
     config.eval = ml_collections.ConfigDict({"batch_size": 1000})
     config.checkpoint = ml_collections.ConfigDict({"every_steps": 1000, "max_to_keep": 3})
-    config.parallel = ml_collections.ConfigDict({"mode": "none"})
+    # Data parallelism: "none", "sharding" (jit over a device mesh) or "pmap"; fsdp shards params
+    # and optimizer state (mode sharding); devices = how many (0 = all). The global batch
+    # (train.batch_size) must divide by the device count.
+    config.parallel = ml_collections.ConfigDict({"mode": "none", "fsdp": False, "devices": 0})
     return config

@@ -205,7 +205,7 @@ def plot_layer_sparsity(workdir: str, rows: list[dict[str, Any]]) -> str:
     ax.set_ylabel("sparsity (zeros / weights)")
     ax.set_title("per-layer sparsity of the pruned model", fontsize=9)
     fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "layer_sparsity.png"), dpi=100)
+    report.savefig(fig, os.path.join(workdir, "layer_sparsity.png"), dpi=100)
     plt.close(fig)
     return "layer_sparsity.png"
 

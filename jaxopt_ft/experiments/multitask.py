@@ -148,7 +148,10 @@ def _train_row(config, workdir, *, tasks, method, phase, train_ds, targets, keys
     )
     every = common.get(config, "multitask.similarity_every")
     is_source = phase == common.get(config, "multitask.similarity_from")
-    step_fn = mt.make_train_step(tasks, method, similarity_every=every if is_source else 0)
+    strategy = common.strategy(config)
+    step_fn = mt.make_train_step(
+        tasks, method, similarity_every=every if is_source else 0, axis_name=strategy.axis_name
+    )
     batches = _batches(
         train_ds,
         targets,
@@ -167,6 +170,7 @@ def _train_row(config, workdir, *, tasks, method, phase, train_ds, targets, keys
         max_to_keep=common.get(config, "checkpoint.max_to_keep", 3),
         log_every=common.get(config, "train.log_every", 100),
         progress=progress,
+        strategy=strategy,
     )
 
 
@@ -184,7 +188,7 @@ def _plot(workdir: str, matrix: np.ndarray, names, title: str) -> str:
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     name = "task_similarity.png"
-    fig.savefig(os.path.join(workdir, name), dpi=120)
+    report.savefig(fig, os.path.join(workdir, name), dpi=120)
     plt.close(fig)
     return name
 

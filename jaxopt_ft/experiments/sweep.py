@@ -110,6 +110,8 @@ def validate(config) -> None:
             f"sweep.batch_sizes={list(sizes)!r} must be integers in [1, {n_train}] (the size of "
             "the training split)."
         )
+    for b in sizes:
+        common.check_batch(config, b, "sweep.batch_sizes entry")
     for run in _runs(config):
         cfg = _run_config(config, run)
         common.check_float(cfg, "optimizer.learning_rate", low=0.0, high=100.0)
@@ -118,7 +120,10 @@ def validate(config) -> None:
 
 def _curve(workdir: str, phase: str) -> tuple[list[int], list[float]]:
     steps, losses = [], []
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):  # only the main process logs metrics (and plots)
+        return steps, losses
+    with open(path) as f:
         for line in f:
             try:
                 rec = json.loads(line)
@@ -216,7 +221,7 @@ def _plot_losses(workdir: str, curves: dict, config) -> str:
     every = common.get(config, "train.log_every")
     fig.suptitle(f"training loss ({what}one logged batch every {every} steps)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "loss_curves.png"), dpi=110)
+    report.savefig(fig, os.path.join(workdir, "loss_curves.png"), dpi=110)
     plt.close(fig)
     return "loss_curves.png"
 
@@ -247,6 +252,6 @@ def _plot_accuracy(workdir: str, rows: list[dict], config) -> str:
     bx.set_xlabel("batch size (lr scaled linearly)")
     bx.set_title(f"{common.get(config, 'sweep.batch_optimizer')}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "accuracy_bars.png"), dpi=110)
+    report.savefig(fig, os.path.join(workdir, "accuracy_bars.png"), dpi=110)
     plt.close(fig)
     return "accuracy_bars.png"

@@ -34,6 +34,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
     step_fn = train.make_train_step(
         augment=common.build_augment(config, name, num_classes=train_ds.num_classes),
         label_smoothing=common.get(config, "train.label_smoothing", 0.0),
+        axis_name=common.strategy(config).axis_name,
     )
     state, summary = common.fit(
         config,

@@ -156,6 +156,7 @@ def validate(config) -> None:
             f"transfer.per_class={s['per_class']} exceeds {n_min}, the fewest "
             "training examples of a target class; lower it."
         )
+    common.check_batch(config, s["batch_size"], "transfer.batch_size")
     target = _abstract(config, len(s["target_classes"]), train_ds.x)
     if s["pretrained"]:
         source = finetune.restore_variables(s["pretrained"])
@@ -299,6 +300,7 @@ def _run_mode(ctx: _Context, mode: str) -> list[dict]:
             phase=phase,
             log_every=s["steps"],
             progress=ctx.progress,
+            strategy=common.strategy(ctx.config),
         )
         trainable, frozen = finetune.count_trainable(state.params, labels)
         plain = export(state.params) if export else state.params
@@ -363,7 +365,7 @@ def _plot(workdir: str, rows: list[dict]) -> str:
     ax.set_ylabel("test accuracy (target classes)")
     ax.set_ylim(0, 1)
     fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "transfer.png"), dpi=100)
+    report.savefig(fig, os.path.join(workdir, "transfer.png"), dpi=100)
     plt.close(fig)
     return "transfer.png"
 

@@ -79,11 +79,20 @@ def lookup(table: Mapping[str, Any], path: str, what: str) -> Any:
     return table[path]
 
 
-def act_bounds(x: jax.Array, path: str, act_ranges: ActRanges | None) -> tuple[Any, Any]:
-    """Per-tensor activation range ``(lo, hi)``: calibrated, or this batch's min and max."""
+def act_bounds(
+    x: jax.Array, path: str, act_ranges: ActRanges | None, *, axis_name: str | None = None
+) -> tuple[Any, Any]:
+    """Per-tensor activation range ``(lo, hi)``: calibrated, or this batch's min and max.
+
+    With ``axis_name`` (inside ``pmap``) a batch's range is taken over every device's slice,
+    so all replicas quantize alike and match a single-device run on the whole batch.
+    """
     if act_ranges is None:
         xf = jax.lax.stop_gradient(x).astype(jnp.float32)
-        return jnp.min(xf), jnp.max(xf)
+        lo, hi = jnp.min(xf), jnp.max(xf)
+        if axis_name is not None:
+            lo, hi = jax.lax.pmin(lo, axis_name), jax.lax.pmax(hi, axis_name)
+        return lo, hi
     lo, hi = lookup(act_ranges, path, "act_ranges")
     return np.float32(lo), np.float32(hi)
 

@@ -40,6 +40,7 @@ def activation_interceptor(
     *,
     symmetric: bool,
     act_ranges: ActRanges | None,
+    axis_name: str | None = None,
 ) -> Callable[..., Any]:
     """An interceptor that fake-quantizes the input of each Dense/Conv call.
 
@@ -48,6 +49,7 @@ def activation_interceptor(
         :func:`~jaxopt_ft.quant.layers.act_bits_map`.
       symmetric: Symmetric activations, else asymmetric with an integral zero point.
       act_ranges: Calibrated ``{layer: (lo, hi)}``, or None for each batch's own min/max.
+      axis_name: Under ``pmap``, the device axis over which a batch's min/max is taken.
     """
 
     def interceptor(next_fun, args, kwargs, context):
@@ -58,7 +60,8 @@ def activation_interceptor(
         if bits is None:
             return next_fun(*args, **kwargs)
         x = args[0]
-        xq = fake_quant(x, bits=bits, symmetric=symmetric, bounds=act_bounds(x, path, act_ranges))
+        bounds = act_bounds(x, path, act_ranges, axis_name=axis_name)
+        xq = fake_quant(x, bits=bits, symmetric=symmetric, bounds=bounds)
         return next_fun(xq, *args[1:], **kwargs)
 
     return interceptor
@@ -73,6 +76,7 @@ def fake_quant_apply_fn(
     weight_axis: Axis = -1,
     weight_symmetric: bool = True,
     act_symmetric: bool = False,
+    axis_name: str | None = None,
 ) -> ApplyFn:
     """Returns ``apply_fn`` with ``model.apply``'s signature that runs the model fake-quantized.
 
@@ -91,6 +95,8 @@ def fake_quant_apply_fn(
       weight_symmetric: Default weight symmetry.
       act_symmetric: Symmetric activations; the default asymmetric spends all levels on the
         non-negative outputs of a ReLU.
+      axis_name: Under ``pmap`` (``strategy.axis_name``), per-batch activation ranges are
+        reduced over this device axis, so they are the global batch's, as on one device.
 
     Returns:
       ``apply_fn(variables, *args, **kwargs)``, a drop-in for ``model.apply``.
@@ -110,7 +116,10 @@ def fake_quant_apply_fn(
             params, weight_bits, axis=weight_axis, symmetric=weight_symmetric
         )
         interceptor = activation_interceptor(
-            act_bits_map(params, act_bits), symmetric=act_symmetric, act_ranges=act_ranges
+            act_bits_map(params, act_bits),
+            symmetric=act_symmetric,
+            act_ranges=act_ranges,
+            axis_name=axis_name,
         )
         with nn.intercept_methods(interceptor):
             return model.apply({**variables, "params": qparams}, *args, **kwargs)
