@@ -401,13 +401,12 @@ def fit(
         if metrics_path:
             _rewrite_metrics(metrics_path, phase, start)
 
-    save_tree = TrainState.tree
+    def save_tree(state):  # the checkpoint layout of any state type with a .tree()
+        return (strategy.unwrap(state) if strategy is not None else state).tree()
+
     if strategy is not None:
         state = strategy.prepare(state)
         step_fn = _strategy_step(strategy, train_step)
-
-        def save_tree(state):
-            return strategy.unwrap(state).tree()
 
     elif jit_step is None:
         step_fn = functools.partial(_default_step, train_step=train_step)

@@ -44,8 +44,25 @@ def _rows(rows, columns):
     return markdown_table(clean, columns)
 
 
+def _machine() -> str:
+    path = os.path.join(ROOT, "benchmarks", "results.json")
+    if not os.path.exists(path):
+        return ""
+    m = json.load(open(path))["machine"]
+    gpu = "no GPU" if m["backend"] == "cpu" else f"JAX backend {m['backend']}"
+    return (
+        f"Measured on {m['cpu']} ({m['cores']} cores, {gpu}), jax {m['jax']}, Python "
+        f"{m['python']}.\n"
+    )
+
+
+def _extra(value) -> bool:
+    """Report keys short enough to show inline (long ones, e.g. per-layer lists, are plotted)."""
+    return len(json.dumps(value)) <= 160
+
+
 def section() -> str:
-    out = []
+    out = [_machine()]
     bench = os.path.join(ROOT, "benchmarks", "RESULTS.md")
     if os.path.exists(bench):
         text = open(bench).read().split("\n", 1)[1].strip()
@@ -62,7 +79,7 @@ def section() -> str:
         out.append(f"`jaxopt-ft --config=configs/{name}.py --workdir=runs/{name}`\n")
         out.append(_rows(report["rows"], columns))
         for key, value in report.items():
-            if key in ("experiment", "dataset", "model", "rows", "plots"):
+            if key in ("experiment", "dataset", "model", "rows", "plots") or not _extra(value):
                 continue
             out.append(f"`{key}`: `{json.dumps(value)}`\n")
         dest = os.path.join(ROOT, "docs", "results", name)

@@ -12,7 +12,7 @@ def config_path(name: str) -> str:
     return os.path.join(ROOT, "configs", f"{name}.py")
 
 
-def cli(*args, devices: int = 1, timeout: float = 300, env: dict | None = None, **kw):
+def cli(*args, devices: int = 1, timeout: float = 600, env: dict | None = None, **kw):
     """Runs ``python -m jaxopt_ft.cli ARGS`` on ``devices`` simulated CPU devices."""
     flags = f"--xla_force_host_platform_device_count={devices}" if devices > 1 else ""
     full_env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu", **(env or {})}

@@ -7,14 +7,13 @@ untouched.
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import cli, one_error_line
 
 from jaxopt_ft import checkpoint, data, models, optim, prune, quant, train, tree
 
@@ -263,18 +262,6 @@ CLI = [
 ]
 
 
-def _cli(args):
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
-    return subprocess.run(
-        [sys.executable, "-m", "jaxopt_ft.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=ROOT,
-    )
-
-
 @pytest.mark.parametrize("case", CLI, ids=[c[0] for c in CLI])
 def test_cli_bad_input(case, tmp_path):
     _, overrides, fragment = case
@@ -283,11 +270,8 @@ def test_cli_bad_input(case, tmp_path):
     (wd / "keep.txt").write_text("existing")
     overrides = [o.replace("{tmp}", str(tmp_path)) for o in overrides]
     config = [] if any(o.startswith("--config=") for o in overrides) else [f"--config={CNN}"]
-    r = _cli([*config, f"--workdir={wd}", *overrides])
-    assert r.returncode == 2, r.stderr[-2000:]
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, r.stderr[-2000:]
-    assert lines[0].startswith("jaxopt-ft: error:") and fragment in lines[0], lines[0]
+    line = one_error_line(cli(*config, f"--workdir={wd}", *overrides))
+    assert fragment in line, line
     assert sorted(os.listdir(wd)) == ["keep.txt"]
     assert (wd / "keep.txt").read_text() == "existing"
 
@@ -302,7 +286,7 @@ def test_cli_unwritable_workdir(tmp_path):
         ro.mkdir()
         ro.chmod(0o500)
         target = ro / "sub"
-    r = _cli([f"--config={CNN}", f"--workdir={target}", "--config.train.steps=1"])
+    r = cli(f"--config={CNN}", f"--workdir={target}", "--config.train.steps=1")
     assert r.returncode == 2
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "workdir" in lines[0], r.stderr
@@ -312,7 +296,7 @@ def test_cli_config_json_unchanged_on_refusal(tmp_path):
     wd = tmp_path / "w"
     wd.mkdir()
     (wd / "config.json").write_text(json.dumps({"seed": 7}))
-    r = _cli([f"--config={CNN}", f"--workdir={wd}", "--config.train.steps=1"])
+    r = cli(f"--config={CNN}", f"--workdir={wd}", "--config.train.steps=1")
     assert r.returncode == 2
     assert json.loads((wd / "config.json").read_text()) == {"seed": 7}
     assert np.array_equal(sorted(os.listdir(wd)), ["config.json"])

@@ -2,34 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+from helpers import cli, one_error_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CNN = os.path.join(ROOT, "configs", "mnist1d_cnn.py")
-
-
-def cli(*args, timeout=300, **kw):
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
-    return subprocess.run(
-        [sys.executable, "-m", "jaxopt_ft.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=ROOT,
-        **kw,
-    )
-
-
-def one_error_line(result):
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr[-2000:]
-    assert lines[0].startswith("jaxopt-ft: error:")
-    return lines[0]
 
 
 SHORT = [

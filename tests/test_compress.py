@@ -3,11 +3,10 @@
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from helpers import cli, one_error_line
 
 from jaxopt_ft import experiments
 from jaxopt_ft.experiments import _pruning
@@ -31,26 +30,6 @@ SMALL = [
     "--config.quant.calibration_batches=2",
     "--noprogress",
 ]
-
-
-def cli(*args, timeout=300):
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
-    return subprocess.run(
-        [sys.executable, "-m", "jaxopt_ft.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=ROOT,
-    )
-
-
-def one_error_line(result):
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr[-2000:]
-    assert lines[0].startswith("jaxopt-ft: error:")
-    return lines[0]
 
 
 def test_compress_end_to_end(tmp_path):

@@ -27,9 +27,7 @@ def test_config_has_docstring_with_launch_command(path):
     assert "jaxopt-ft --config=configs/" + os.path.basename(path) in text
 
 
-@pytest.mark.parametrize(
-    "path", [p for p in CONFIGS if "cifar10" not in p], ids=os.path.basename
-)
+@pytest.mark.parametrize("path", [p for p in CONFIGS if "cifar10" not in p], ids=os.path.basename)
 def test_builtin_configs_validate(path):
     config = load_config(path)
     experiments.get(config.experiment).validate(config)

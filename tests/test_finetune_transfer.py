@@ -3,10 +3,9 @@
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+from helpers import cli
 
 from jaxopt_ft.experiments import transfer
 
@@ -23,18 +22,6 @@ SMALL = [
     "--noprogress",
 ]
 MODES = ["full", "partial", "linear_probe", "features", "lora", "scratch"]
-
-
-def cli(*args):
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
-    return subprocess.run(
-        [sys.executable, "-m", "jaxopt_ft.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=ROOT,
-    )
 
 
 def _error(result) -> str:

@@ -3,11 +3,10 @@
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from helpers import cli
 
 from jaxopt_ft.experiments import multitask as experiment
 
@@ -24,18 +23,6 @@ SHORT = [
     "--config.eval.batch_size=500",
     "--noprogress",
 ]
-
-
-def cli(*args):
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
-    return subprocess.run(
-        [sys.executable, "-m", "jaxopt_ft.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=ROOT,
-    )
 
 
 def test_cli_all_rows_matrix_plot_and_resume(tmp_path):

@@ -3,13 +3,12 @@
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import cli
 
 from jaxopt_ft import data, models, prune, quant, train
 from jaxopt_ft import tree as tree_lib
@@ -186,18 +185,6 @@ def test_sweep_settings_reject_bad_widths_and_methods():
     config.sweep.methods = ("ptq", "gptq")
     with pytest.raises(ValueError, match="gptq"):
         bits_sweep.settings(config)
-
-
-def cli(*args, timeout=300):
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
-    return subprocess.run(
-        [sys.executable, "-m", "jaxopt_ft.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=ROOT,
-    )
 
 
 def test_bits_sweep_end_to_end(tmp_path):

@@ -2,27 +2,14 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+from helpers import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP = os.path.join(ROOT, "configs", "mnist1d_sweep.py")
 AUGMENT = os.path.join(ROOT, "configs", "digits_augment.py")
 CNN = os.path.join(ROOT, "configs", "mnist1d_cnn.py")
-
-
-def cli(*args):
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
-    return subprocess.run(
-        [sys.executable, "-m", "jaxopt_ft.cli", *args, "--noprogress"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=ROOT,
-    )
 
 
 def test_sweep_end_to_end(tmp_path):
