@@ -27,10 +27,10 @@ bench: $(STAMP)
 paper: $(STAMP)
 	scripts/paper_table.sh
 
-experiments: $(STAMP)
+experiments: $(STAMP)  # every config and the paper table, two at a time
 	scripts/experiments.sh
 
-results: bench paper experiments
+results: bench experiments  # then regenerate the README's Results section
 	$(PY) scripts/update_readme.py
 
 lint: $(STAMP)

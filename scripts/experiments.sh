@@ -1,18 +1,33 @@
 #!/usr/bin/env bash
 # Runs every experiment config with its defaults into runs/<config name>/ (finished runs resume
-# instantly), then the paper table. Usage: scripts/experiments.sh [config names...]
+# instantly) and the MNIST-1D paper table (scripts/paper_table.sh, name "paper"), $JOBS at a
+# time (default 2: the small models here use about one core each).
+# Usage: scripts/experiments.sh [names...]   e.g. scripts/experiments.sh mnist1d_sweep paper
 set -euo pipefail
 cd "$(dirname "$0")/.."
 names=("$@")
 if [ ${#names[@]} -eq 0 ]; then
-  names=(mnist1d_cnn mnist1d_compress mnist1d_sparsity_sweep mnist1d_bits_sweep mnist1d_sweep
-         digits_augment mnist1d_transfer digits_transfer mnist1d_multitask digits_multitask)
+  # Longest first, so the two lanes finish together.
+  names=(digits_augment paper mnist1d_sparsity_sweep mnist1d_sweep digits_multitask
+         mnist1d_multitask mnist1d_bits_sweep mnist1d_compress digits_transfer mnist1d_transfer
+         mnist1d_cnn)
 fi
 for name in "${names[@]}"; do
-  if [ -f "configs/$name.py" ]; then
-    echo "== $name"
-    .venv/bin/jaxopt-ft --config="configs/$name.py" --workdir="runs/$name" --noprogress >/dev/null
-  else
-    echo "== $name: no config file, skipped"
+  if [ "$name" != paper ] && [ ! -f "configs/$name.py" ]; then
+    echo "experiments.sh: no config file configs/$name.py" >&2
+    exit 2
   fi
 done
+run_one() {
+  local name=$1 start=$SECONDS log="runs/$1.log"
+  mkdir -p runs
+  if [ "$name" = paper ]; then
+    scripts/paper_table.sh >"$log" 2>&1
+  else
+    .venv/bin/jaxopt-ft --config="configs/$name.py" --workdir="runs/$name" --noprogress \
+      >"$log" 2>&1
+  fi || { echo "== $name FAILED after $((SECONDS - start)) s (see $log)"; return 1; }
+  echo "== $name done in $((SECONDS - start)) s"
+}
+export -f run_one
+printf '%s\n' "${names[@]}" | xargs -P "${JOBS:-2}" -I{} bash -c 'run_one "$@"' _ {}

@@ -24,10 +24,20 @@ from jaxopt_ft.report import markdown_table  # noqa: E402
 # (config name, title, columns to show or None for all)
 RUNS = [
     ("mnist1d_cnn", "Training: the paper's CNN on MNIST-1D", None),
-    ("mnist1d_compress", "Compression: prune and quantize (`make demo`)", None),
+    (
+        "mnist1d_compress",
+        "Compression: prune and quantize (`make demo`)",
+        ["name", "test_accuracy", "params", "nonzero_params", "sparsity", "size_bytes",
+         "compression", "encoding", "weight_bits", "act_bits", "step_ms"],
+    ),
     ("mnist1d_sparsity_sweep", "Accuracy vs sparsity", None),
     ("mnist1d_bits_sweep", "Accuracy vs bits", None),
-    ("mnist1d_sweep", "Optimizer × schedule sweep", None),
+    (
+        "mnist1d_sweep",
+        "Optimizer × schedule sweep",
+        ["name", "batch_size", "learning_rate", "steps", "test_accuracy", "final_train_loss",
+         "wall_s"],
+    ),
     ("digits_augment", "Augmentation on a small digits subset", None),
     ("mnist1d_transfer", "Transfer: MNIST-1D classes 0–4 → 5–9, few labels", None),
     ("digits_transfer", "Transfer: digits classes 0–4 → 5–9, few labels", None),

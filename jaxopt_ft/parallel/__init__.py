@@ -11,6 +11,10 @@ metrics)`` without changing it::
   ckpt.save(steps, strategy.unwrap(state).tree())      # checkpoint layout
   plain = parallel.local(strategy.unwrap(state))        # one-device copy for evaluation
 
+``train.fit(state, step_fn, batches, ..., strategy=strategy)`` does all of this (restore into
+the strategy's layout, checkpoints in the plain layout, a single-device state back), and the
+experiments build their strategy from ``config.parallel`` (``experiments.common.strategy``).
+
 What a step function must do, per mode:
 
 - ``none`` / ``sharding``: nothing. Under ``sharding`` the loss's mean over the (global) batch
