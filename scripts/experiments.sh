@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # Runs every experiment config with its defaults into runs/<config name>/ (finished runs resume
-# instantly) and the MNIST-1D paper table (scripts/paper_table.sh, name "paper"), $JOBS at a
-# time (default 2: the small models here use about one core each).
+# instantly), the MNIST-1D paper table (scripts/paper_table.sh, name "paper") and seeds 1-2 of
+# the multi-seed tables (scripts/more_seeds.sh, name "seeds"), $JOBS at a time (default 2: the
+# small models here use about one core each).
 # Usage: scripts/experiments.sh [names...]   e.g. scripts/experiments.sh mnist1d_sweep paper
 set -euo pipefail
 cd "$(dirname "$0")/.."
 names=("$@")
 if [ ${#names[@]} -eq 0 ]; then
   # Longest first, so the two lanes finish together.
-  names=(digits_augment paper mnist1d_sparsity_sweep mnist1d_sweep digits_multitask
+  names=(seeds digits_augment paper mnist1d_sparsity_sweep mnist1d_sweep digits_multitask
          mnist1d_multitask mnist1d_bits_sweep mnist1d_compress digits_transfer mnist1d_transfer
          mnist1d_cnn)
 fi
 for name in "${names[@]}"; do
-  if [ "$name" != paper ] && [ ! -f "configs/$name.py" ]; then
+  if [ "$name" != paper ] && [ "$name" != seeds ] && [ ! -f "configs/$name.py" ]; then
     echo "experiments.sh: no config file configs/$name.py" >&2
     exit 2
   fi
@@ -23,6 +24,8 @@ run_one() {
   mkdir -p runs
   if [ "$name" = paper ]; then
     scripts/paper_table.sh >"$log" 2>&1
+  elif [ "$name" = seeds ]; then
+    scripts/more_seeds.sh >"$log" 2>&1
   else
     .venv/bin/jaxopt-ft --config="configs/$name.py" --workdir="runs/$name" --noprogress \
       >"$log" 2>&1

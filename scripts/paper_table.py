@@ -60,8 +60,7 @@ def main() -> None:
     with open(os.path.join(args.out, "paper_table.json"), "w") as f:
         json.dump({"dataset": "mnist1d", "rows": rows}, f, indent=2)
     lines = [
-        "| model | params | ours: test accuracy (mean ± std, "
-        f"{len(args.seeds)} seeds) | paper |",
+        f"| model | params | ours: test accuracy (mean ± std, {len(args.seeds)} seeds) | paper |",
         "|---|---|---|---|",
     ]
     for r in rows:

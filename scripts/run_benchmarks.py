@@ -48,9 +48,7 @@ def machine() -> dict:
 def run_one(path: str) -> tuple[list[dict], float, str]:
     t0 = time.perf_counter()
     env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
-    proc = subprocess.run(
-        [sys.executable, path], capture_output=True, text=True, cwd=ROOT, env=env
-    )
+    proc = subprocess.run([sys.executable, path], capture_output=True, text=True, cwd=ROOT, env=env)
     figures = []
     for line in proc.stdout.splitlines():
         line = line.strip()

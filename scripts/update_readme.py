@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,16 +28,34 @@ RUNS = [
     (
         "mnist1d_compress",
         "Compression: prune and quantize (`make demo`)",
-        ["name", "test_accuracy", "params", "nonzero_params", "sparsity", "size_bytes",
-         "compression", "encoding", "weight_bits", "act_bits", "step_ms"],
+        [
+            "name",
+            "test_accuracy",
+            "params",
+            "nonzero_params",
+            "sparsity",
+            "size_bytes",
+            "compression",
+            "encoding",
+            "weight_bits",
+            "act_bits",
+            "step_ms",
+        ],
     ),
     ("mnist1d_sparsity_sweep", "Accuracy vs sparsity", None),
     ("mnist1d_bits_sweep", "Accuracy vs bits", None),
     (
         "mnist1d_sweep",
         "Optimizer × schedule sweep",
-        ["name", "batch_size", "learning_rate", "steps", "test_accuracy", "final_train_loss",
-         "wall_s"],
+        [
+            "name",
+            "batch_size",
+            "learning_rate",
+            "steps",
+            "test_accuracy",
+            "final_train_loss",
+            "wall_s",
+        ],
     ),
     ("digits_augment", "Augmentation on a small digits subset", None),
     ("mnist1d_transfer", "Transfer: MNIST-1D classes 0–4 → 5–9, few labels", None),
@@ -49,8 +68,10 @@ SKIP_KEYS = {"per_seed", "curve", "loss_curve"}
 
 
 def _rows(rows, columns):
-    clean = [{k: v for k, v in r.items() if k not in SKIP_KEYS and not isinstance(v, list | dict)}
-             for r in rows]
+    clean = [
+        {k: v for k, v in r.items() if k not in SKIP_KEYS and not isinstance(v, list | dict)}
+        for r in rows
+    ]
     return markdown_table(clean, columns)
 
 
@@ -69,6 +90,51 @@ def _machine() -> str:
 def _extra(value) -> bool:
     """Report keys short enough to show inline (long ones, e.g. per-layer lists, are plotted)."""
     return len(json.dumps(value)) <= 160
+
+
+# Multi-seed tables: (config, title, row key, metric columns). Seed 0 is runs/<config>/, seeds
+# 1-2 runs/<config>_seed<N>/ (scripts/more_seeds.sh); shown only when all three exist.
+SEEDED = [
+    ("mnist1d_compress", "Compression over seeds 0–2", ["test_accuracy", "size_bytes"]),
+    (
+        "mnist1d_multitask",
+        "Multi-task learning over seeds 0–2",
+        ["digit_accuracy", "parity_accuracy", "large_accuracy", "slope_mse"],
+    ),
+]
+
+
+def _seeded(name: str, title: str, metrics: list[str]) -> list[str]:
+    dirs = [name] + [f"{name}_seed{s}" for s in (1, 2)]
+    paths = [os.path.join(ROOT, "runs", d, "report.json") for d in dirs]
+    if not all(os.path.exists(p) for p in paths):
+        return []
+    reports = [json.load(open(p))["rows"] for p in paths]
+    lines = [
+        f"### {title}\n",
+        f"`scripts/more_seeds.sh {name}` (seeds 1, 2) beside seed 0; mean ± std over the seeds, "
+        "then the three values.\n",
+        "| name | " + " | ".join(metrics) + " |",
+        "|" + "---|" * (len(metrics) + 1),
+    ]
+    for row in reports[0]:
+        cells = []
+        for m in metrics:
+            values = [r.get(m) for rows in reports for r in rows if r["name"] == row["name"]]
+            if len(values) != 3 or any(not isinstance(v, int | float) for v in values):
+                cells.append("")
+                continue
+            digits = 0 if m.endswith("bytes") else 4
+            shown = " / ".join(f"{v:.{digits}f}" for v in values)
+            if digits:
+                cells.append(
+                    f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+                    f" ({shown})"
+                )
+            else:
+                cells.append(shown)
+        lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def section() -> str:
@@ -99,6 +165,8 @@ def section() -> str:
                 os.makedirs(dest, exist_ok=True)
                 shutil.copy(src, os.path.join(dest, plot))
                 out.append(f"![{plot}](docs/results/{name}/{plot})\n")
+    for name, title, metrics in SEEDED:
+        out += _seeded(name, title, metrics)
     return "\n".join(out)
 
 
