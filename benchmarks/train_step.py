@@ -1,6 +1,6 @@
 """Our training loop vs a plain hand-written JAX step, side by side, MNIST-1D CNN, batch 100.
 
-    python benchmarks/train_step.py [--steps 1500] [--repeats 5]
+    python benchmarks/train_step.py [--steps 400] [--repeats 15]
 
 Both loops draw the same batches from the same loader; ours goes through
 `train.make_train_step` + `train.fit` (TrainState, donated state, per-step keys, metrics,
@@ -64,8 +64,8 @@ def our_loop(model, params, ds, steps):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
     ds = data.load("mnist1d", "train")
     model = models.get("cnn")

@@ -142,6 +142,8 @@ def section() -> str:
     bench = os.path.join(ROOT, "benchmarks", "RESULTS.md")
     if os.path.exists(bench):
         text = open(bench).read().split("\n", 1)[1].strip()
+        # The machine is named once, above; keep the table and what its numbers mean.
+        text = text.replace(text.split("Each value", 1)[0], "", 1) if "Each value" in text else text
         out += ["### Speed and size ratios (`make bench`)\n", text, ""]
     paper = os.path.join(ROOT, "runs", "paper", "paper_table.md")
     if os.path.exists(paper):

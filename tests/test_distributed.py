@@ -150,3 +150,54 @@ def test_checkpoint_from_8_devices_restores_on_1_and_4(tmp_path):
     assert specs_on_4[1]["conv2/kernel"] == spec(None, None, "data")
     assert specs_on_4[2]["head/bias"] == spec()  # 10 does not divide by 4
     assert specs_on_4[2]["conv1/kernel"] == spec(None, None, "data")
+
+
+def test_cli_two_processes_match_one_and_only_process_0_reports(tmp_path):
+    # The command line as a 2-process job (4 CPU devices each) on one shared workdir, against
+    # the same command on one process of 8 devices: same test loss, one set of reports. (Over
+    # many Adam steps the two reduction orders drift apart like any two machines: 5e-4 after
+    # 100 steps; 30 steps stay within 1e-4.)
+    from helpers import cli, config_path
+
+    args = [
+        f"--config={config_path('mnist1d_cnn')}",
+        "--config.parallel.mode=sharding",
+        "--config.train.steps=30",
+        "--config.checkpoint.every_steps=15",
+        "--config.train.log_every=15",
+    ]
+    ref = cli(*args, f"--workdir={tmp_path / 'one'}", devices=8)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAXOPT_FT_")}
+    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    wd = tmp_path / "two"
+    procs = []
+    for pid in range(2):
+        env_p = {
+            **env,
+            "JAXOPT_FT_COORDINATOR": f"localhost:{port}",
+            "JAXOPT_FT_NUM_PROCESSES": "2",
+            "JAXOPT_FT_PROCESS_ID": str(pid),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "jaxopt_ft.cli", *args, f"--workdir={wd}"],
+                env=env_p,
+                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outs = [p.communicate(timeout=TIMEOUT_S) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    rows = [[ln for ln in out.splitlines() if ln.startswith("{")] for out, _ in outs]
+    assert len(rows[0]) == 1 and rows[1] == []  # only process 0 prints the row (gloo logs aside)
+    one = json.loads((tmp_path / "one" / "report.json").read_text())["rows"][0]
+    two = json.loads((wd / "report.json").read_text())["rows"][0]
+    assert two["test_loss"] == pytest.approx(one["test_loss"], rel=1e-4)
+    steps = [json.loads(line)["step"] for line in (wd / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [15, 30]  # written once, by process 0
+    assert sorted(os.listdir(wd / "checkpoints" / "train")) == ["15", "30"]
