@@ -88,6 +88,22 @@ def _rewrite_metrics(path: str, phase: str, keep_upto: int) -> None:
     os.replace(tmp, path)
 
 
+def _last_logged(path: str, phase: str, step: int) -> dict | None:
+    """The ``metrics.jsonl`` record of ``phase`` at ``step``, if one was logged."""
+    if not os.path.exists(path):
+        return None
+    found = None
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if rec.get("phase", "train") == phase and rec.get("step") == step and "loss" in rec:
+                found = rec
+    return found
+
+
 def _streak_error(done, metrics, *, limit, phase, ckpt) -> NonFiniteError | None:
     """The error for a run of ``limit`` skipped updates ending at step ``done``, else None."""
     if "nonfinite_consecutive" not in metrics:
@@ -287,6 +303,13 @@ def fit(
         summary["train_steps_per_s"] = (ran - 1) / (t_end - t_first)
     if "loss" in last:
         summary["final_train_loss"] = last["loss"]
+    elif metrics_path and steps > 0:
+        # Nothing left to run (a finished run started again): report what its log says.
+        logged = _last_logged(metrics_path, phase, steps)
+        if logged:
+            summary["final_train_loss"] = logged["loss"]
+            if logged.get("steps_per_s") is not None:
+                summary["train_steps_per_s"] = logged["steps_per_s"]
     counts = optim.nonfinite_counts(state.opt_state)
     if counts is not None:
         summary["nonfinite_updates"] = int(np.max(np.asarray(jax.device_get(counts["total"]))))

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs every experiment config with its defaults into runs/<config name>/ (finished runs resume
-# instantly), the MNIST-1D paper table (scripts/paper_table.sh, name "paper") and seeds 1-2 of
-# the multi-seed tables (scripts/more_seeds.sh, name "seeds"), $JOBS at a time (default 2: the
-# small models here use about one core each).
+# Runs every experiment config with its defaults into runs/<config name>/ (a run with a report
+# is kept as it is; an unfinished one resumes), the MNIST-1D paper table
+# (scripts/paper_table.sh, name "paper") and seeds 1-2 of the multi-seed tables
+# (scripts/more_seeds.sh, name "seeds"), $JOBS at a time (default 2: the small models here use
+# about one core each).
 # Usage: scripts/experiments.sh [names...]   e.g. scripts/experiments.sh mnist1d_sweep paper
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,10 @@ done
 run_one() {
   local name=$1 start=$SECONDS log="runs/$1.log"
   mkdir -p runs
+  if [ "$name" != paper ] && [ "$name" != seeds ] && [ -f "runs/$name/report.json" ]; then
+    echo "== $name: finished earlier, report kept (delete runs/$name to run it again)"
+    return 0
+  fi
   if [ "$name" = paper ]; then
     scripts/paper_table.sh >"$log" 2>&1
   elif [ "$name" = seeds ]; then

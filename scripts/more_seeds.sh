@@ -10,6 +10,9 @@ if [ ${#names[@]} -eq 0 ]; then
 fi
 for name in "${names[@]}"; do
   for seed in 1 2; do
+    if [ -f "runs/${name}_seed$seed/report.json" ]; then
+      continue  # finished earlier; delete the folder to run it again
+    fi
     .venv/bin/jaxopt-ft --config="configs/$name.py" --workdir="runs/${name}_seed$seed" \
       --config.seed=$seed --noprogress >/dev/null
   done

@@ -36,6 +36,9 @@ def test_train_writes_everything(tmp_path):
     assert r2.returncode == 0, r2.stderr[-3000:]
     again = json.loads((wd / "report.json").read_text())["rows"][0]
     assert again["test_loss"] == row["test_loss"]
+    # ... and what its log says about the training it no longer needs to do.
+    assert again["final_train_loss"] == row["final_train_loss"] is not None
+    assert again["train_steps_per_s"] > 0  # the rate logged at the last step
     assert again["test_accuracy"] == row["test_accuracy"]
 
 
