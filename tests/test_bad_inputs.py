@@ -262,15 +262,34 @@ CLI = [
 ]
 
 
+@pytest.fixture(scope="module")
+def cli_results(tmp_path_factory):
+    """Every CLI case run once, four at a time (each is mostly interpreter and jax start-up)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = []
+    for name, overrides, _ in CLI:  # temp dirs made here: mktemp is not thread-safe
+        tmp = tmp_path_factory.mktemp("case")
+        wd = tmp / "w"
+        wd.mkdir()
+        (wd / "keep.txt").write_text("existing")
+        overrides = [o.replace("{tmp}", str(tmp)) for o in overrides]
+        config = [] if any(o.startswith("--config=") for o in overrides) else [f"--config={CNN}"]
+        jobs.append((name, wd, [*config, f"--workdir={wd}", *overrides]))
+
+    def run(job):
+        name, wd, args = job
+        return name, (cli(*args), wd)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(pool.map(run, jobs))
+
+
 @pytest.mark.parametrize("case", CLI, ids=[c[0] for c in CLI])
-def test_cli_bad_input(case, tmp_path):
-    _, overrides, fragment = case
-    wd = tmp_path / "w"
-    wd.mkdir()
-    (wd / "keep.txt").write_text("existing")
-    overrides = [o.replace("{tmp}", str(tmp_path)) for o in overrides]
-    config = [] if any(o.startswith("--config=") for o in overrides) else [f"--config={CNN}"]
-    line = one_error_line(cli(*config, f"--workdir={wd}", *overrides))
+def test_cli_bad_input(case, cli_results):
+    name, _, fragment = case
+    result, wd = cli_results[name]
+    line = one_error_line(result)
     assert fragment in line, line
     assert sorted(os.listdir(wd)) == ["keep.txt"]
     assert (wd / "keep.txt").read_text() == "existing"
