@@ -34,3 +34,20 @@ def one_error_line(result) -> str:
     assert len(lines) == 1, result.stderr[-2000:]
     assert lines[0].startswith("jaxopt-ft: error:")
     return lines[0]
+
+
+def load_config(path: str, arg=None, overrides: dict | None = None):
+    """``get_config(arg)`` of a config file, then ``{"a.b.c": value}`` overrides set on it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg)
+    for dotted, value in (overrides or {}).items():
+        node = config
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return config

@@ -1,9 +1,9 @@
 """End-to-end tests of the ``compress`` and ``sparsity_sweep`` experiments through the CLI."""
 
-import importlib.util
 import json
 import os
 
+import helpers
 import numpy as np
 import pytest
 from helpers import cli, one_error_line
@@ -129,14 +129,9 @@ def test_bad_input_is_one_line_exit_2(tmp_path, override, fragment):
 
 
 def load_config(path, **overrides):
-    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    for dotted, value in overrides.items():
-        section, key = dotted.split("__")
-        config[section][key] = value
-    return config
+    return helpers.load_config(
+        path, overrides={k.replace("__", "."): v for k, v in overrides.items()}
+    )
 
 
 @pytest.mark.parametrize(

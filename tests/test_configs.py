@@ -1,23 +1,16 @@
 """Every config file loads and validates; the CIFAR-10 config runs end to end on mock data."""
 
 import glob
-import importlib.util
 import os
 
 import pytest
 import tensorflow_datasets as tfds
+from helpers import load_config
 
 from jaxopt_ft import data, experiments
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
-
-
-def load_config(path, arg=None):
-    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)

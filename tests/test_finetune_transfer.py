@@ -1,11 +1,10 @@
 """The ``transfer`` experiment end to end through the CLI, on a shrunken config."""
 
-import importlib.util
 import json
 import os
 
 import pytest
-from helpers import cli
+from helpers import cli, load_config
 
 from jaxopt_ft.experiments import transfer
 
@@ -95,10 +94,7 @@ def test_a_rule_matching_nothing_exits_2(tmp_path):
 
 
 def _config(**transfer_overrides):
-    spec = importlib.util.spec_from_file_location("mnist1d_transfer", CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_config(CONFIG)
     config.model.channels = (8, 8, 8)
     for k, v in transfer_overrides.items():
         config.transfer[k] = v

@@ -1,12 +1,11 @@
 """End-to-end tests of the ``multitask`` experiment through the command line."""
 
-import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
-from helpers import cli
+from helpers import cli, load_config
 
 from jaxopt_ft.experiments import multitask as experiment
 
@@ -69,10 +68,7 @@ def test_cli_task_without_labels_exits_2(tmp_path):
 
 
 def _config(**multitask):
-    spec = importlib.util.spec_from_file_location("mnist1d_multitask", CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_config(CONFIG)
     config.train.steps = 20
     for key, value in multitask.items():
         config.multitask[key] = value

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from helpers import cli, config_path, one_error_line
+from helpers import cli, config_path, load_config, one_error_line
 
 from jaxopt_ft import experiments
 
@@ -50,19 +50,7 @@ def test_batch_that_does_not_divide_is_one_error_line(tmp_path):
 
 
 def _config(name, overrides):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, config_path(name))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    for dotted, value in overrides.items():
-        node = config
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
+    return load_config(config_path(name), overrides=overrides)
 
 
 @pytest.mark.parametrize(

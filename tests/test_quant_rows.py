@@ -1,6 +1,5 @@
 """The quantization rows of ``compress`` (on a small trained model) and the ``bits_sweep`` CLI."""
 
-import importlib.util
 import json
 import os
 
@@ -8,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import cli
+from helpers import cli, load_config
 
 from jaxopt_ft import data, models, prune, quant, train
 from jaxopt_ft import tree as tree_lib
@@ -172,10 +171,7 @@ def test_defaults_apply_without_a_quant_section():
 
 
 def test_sweep_settings_reject_bad_widths_and_methods():
-    spec = importlib.util.spec_from_file_location("bits_sweep_config", SWEEP)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_config(SWEEP)
     assert bits_sweep.settings(config)["widths"] == (2, 3, 4, 6, 8)
     for widths, fragment in (((2, 17), r"sweep\.bits\[1\]=17"), ((4, 4), "duplicates")):
         config.sweep.bits = widths

@@ -1,35 +1,15 @@
 import json
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from toys import BN as _BN
+from toys import MLP as _MLP
+from toys import data as _data
 
 from jaxopt_ft import train
-
-
-class _MLP(nn.Module):
-    @nn.compact
-    def __call__(self, x, *, train=False, features_only=False):
-        h = nn.relu(nn.Dense(16, name="dense1")(x))
-        return nn.Dense(3, name="head")(h)
-
-
-class _BN(nn.Module):
-    @nn.compact
-    def __call__(self, x, *, train=False, features_only=False):
-        h = nn.Dense(8, name="dense1")(x)
-        h = nn.BatchNorm(use_running_average=not train, name="bn1")(h)
-        return nn.Dense(3, name="head")(nn.relu(h))
-
-
-def _data(n=96, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, 5)).astype(np.float32)
-    label = (x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0.5).astype(np.int32)
-    return x, label
 
 
 def _batches(x, label, bs=16):
