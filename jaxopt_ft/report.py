@@ -92,6 +92,35 @@ def savefig(fig: Any, path: str, **kwargs: Any) -> None:
         fig.savefig(path, **kwargs)
 
 
+def accuracy_by_method(
+    rows: Sequence[dict[str, Any]], *, x: str, dense_accuracy: float, dense_label: str
+) -> tuple[Any, Any]:
+    """Test accuracy against ``row[x]``, one line per ``row["method"]``, dense as a dashed line.
+
+    Returns ``(fig, ax)`` for the caller's axis labels; :func:`save_plot` finishes it.
+    """
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r[x])
+        ax.plot([r[x] for r in mine], [r["test_accuracy"] for r in mine], marker="o", label=method)
+    ax.axhline(dense_accuracy, color="k", ls="--", lw=1, label=dense_label)
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+
+def save_plot(fig: Any, workdir: str, name: str, *, legend: bool = True, dpi: int = 100) -> str:
+    """Lays out, saves (main process only) and closes ``fig`` as ``workdir/name``; returns name."""
+    if legend:
+        for ax in fig.axes:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    savefig(fig, os.path.join(workdir, name), dpi=dpi)
+    pyplot().close(fig)
+    return name
+
+
 def pyplot():
     """matplotlib's pyplot on the non-interactive Agg backend."""
     import matplotlib

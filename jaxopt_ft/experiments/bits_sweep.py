@@ -22,7 +22,6 @@ Rows: ``name`` (``<method>@<b>``), ``method``, ``bits``, ``test_accuracy``, ``si
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
@@ -111,26 +110,12 @@ def one_row(
 
 def plot(workdir: str, rows: list[dict[str, Any]], dense_accuracy: float) -> str:
     """Test accuracy vs bits, one line per method; returns the file name."""
-    plt = report.pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for method in dict.fromkeys(r["method"] for r in rows):
-        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["bits"])
-        ax.plot(
-            [r["bits"] for r in mine],
-            [r["test_accuracy"] for r in mine],
-            marker="o",
-            label=method,
-        )
-    ax.axhline(dense_accuracy, color="k", ls="--", lw=1, label="dense float32")
+    fig, ax = report.accuracy_by_method(
+        rows, x="bits", dense_accuracy=dense_accuracy, dense_label="dense float32"
+    )
     ax.set_xticks(sorted({r["bits"] for r in rows}))
     ax.set_xlabel("bits (weights; activations too for ptq and qat)")
-    ax.set_ylabel("test accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    report.savefig(fig, os.path.join(workdir, "bits_accuracy.png"), dpi=100)
-    plt.close(fig)
-    return "bits_accuracy.png"
+    return report.save_plot(fig, workdir, "bits_accuracy.png")
 
 
 def run(config, workdir: str, *, progress: bool = True) -> dict:

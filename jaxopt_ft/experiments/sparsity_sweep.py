@@ -23,7 +23,6 @@ the dense accuracy dashed).
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from jaxopt_ft import prune, report
@@ -85,30 +84,16 @@ def validate(config) -> None:
 
 def plot(workdir: str, rows: list[dict[str, Any]], dense_accuracy: float) -> str:
     """Test accuracy vs target sparsity, one line per method; returns the file name."""
-    plt = report.pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for method in dict.fromkeys(r["method"] for r in rows):
-        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["sparsity"])
-        ax.plot(
-            [r["target_sparsity"] for r in mine],
-            [r["test_accuracy"] for r in mine],
-            marker="o",
-            label=method,
-        )
-    ax.axhline(dense_accuracy, color="k", ls="--", lw=1, label="dense")
+    fig, ax = report.accuracy_by_method(
+        rows, x="target_sparsity", dense_accuracy=dense_accuracy, dense_label="dense"
+    )
     targets = sorted({r["target_sparsity"] for r in rows})
     if all(0.0 < s < 1.0 for s in targets):
         ax.set_xscale("logit")  # spreads 0.9, 0.95, 0.98 apart
         ax.set_xticks(targets, [f"{s:g}" for s in targets])
         ax.minorticks_off()
     ax.set_xlabel("sparsity of the prunable weights")
-    ax.set_ylabel("test accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    report.savefig(fig, os.path.join(workdir, "sparsity_accuracy.png"), dpi=100)
-    plt.close(fig)
-    return "sparsity_accuracy.png"
+    return report.save_plot(fig, workdir, "sparsity_accuracy.png")
 
 
 def run(config, workdir: str, *, progress: bool = True) -> dict:
