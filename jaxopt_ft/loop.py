@@ -68,39 +68,42 @@ def _strategy_step(strategy: parallel.Strategy, train_step: StepFn) -> StepFn:
     return strategy.step(keyed_step)
 
 
+def read_metrics(path: str) -> list[dict]:
+    """The records of a ``metrics.jsonl`` (none when it is missing; a line cut by a kill is
+    skipped)."""
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
 def _rewrite_metrics(path: str, phase: str, keep_upto: int) -> None:
     """Drops this phase's records after ``keep_upto`` (a resumed run logs them again)."""
     if not os.path.exists(path):
         return
-    kept = []
-    with open(path) as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill mid-write
-            if rec.get("phase", "train") == phase and rec.get("step", 0) > keep_upto:
-                continue
-            kept.append(json.dumps(rec))
+    kept = [
+        rec
+        for rec in read_metrics(path)
+        if not (rec.get("phase", "train") == phase and rec.get("step", 0) > keep_upto)
+    ]
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        f.write("".join(line + "\n" for line in kept))
+        f.write("".join(json.dumps(rec) + "\n" for rec in kept))
     os.replace(tmp, path)
 
 
 def _last_logged(path: str, phase: str, step: int) -> dict | None:
     """The ``metrics.jsonl`` record of ``phase`` at ``step``, if one was logged."""
-    if not os.path.exists(path):
-        return None
     found = None
-    with open(path) as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if rec.get("phase", "train") == phase and rec.get("step") == step and "loss" in rec:
-                found = rec
+    for rec in read_metrics(path):
+        if rec.get("phase", "train") == phase and rec.get("step") == step and "loss" in rec:
+            found = rec
     return found
 
 

@@ -18,14 +18,13 @@ its own resumable phase of `train.fit`.
 from __future__ import annotations
 
 import copy
-import json
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxopt_ft import optim, report, train
+from jaxopt_ft import loop, optim, report, train
 from jaxopt_ft.experiments import common
 
 
@@ -119,20 +118,10 @@ def validate(config) -> None:
 
 
 def _curve(workdir: str, phase: str) -> tuple[list[int], list[float]]:
-    steps, losses = [], []
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):  # only the main process logs metrics (and plots)
-        return steps, losses
-    with open(path) as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if rec.get("phase") == phase:
-                steps.append(rec["step"])
-                losses.append(rec["loss"])
-    return steps, losses
+    # Only the main process logs metrics (and plots); elsewhere the curve is empty.
+    records = loop.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    mine = [r for r in records if r.get("phase") == phase]
+    return [r["step"] for r in mine], [r["loss"] for r in mine]
 
 
 def run(config, workdir: str, *, progress: bool = True) -> dict:
