@@ -205,7 +205,7 @@ def fit(
     start = 0
     main = parallel.is_main_process()
     metrics_path = os.path.join(workdir, "metrics.jsonl") if workdir and main else None
-    if strategy is not None:
+    if strategy is not None and workdir:
         # The checkpoint layout on this strategy's devices: the restore target, so a checkpoint
         # written with any device count comes back already placed.
         state = strategy.unwrap(strategy.prepare(state))

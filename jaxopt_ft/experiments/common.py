@@ -211,21 +211,22 @@ def strategy(config) -> parallel.Strategy:
         raise ValueError(
             f"parallel.devices must be an integer >= 0 (0 = every device), got {devices!r}."
         )
-    if mode == "none" and (fsdp or devices > 1):
-        what = "parallel.fsdp=True" if fsdp else f"parallel.devices={devices}"
+    if fsdp and mode != "sharding":
         raise ValueError(
-            f"{what} needs a data-parallel mode, but parallel.mode='none'. Fix: set "
-            "parallel.mode='sharding' (or 'pmap' without fsdp)."
+            f"parallel.fsdp=True needs parallel.mode='sharding', but parallel.mode={mode!r}. "
+            "Fix: set parallel.mode='sharding' or parallel.fsdp=False."
+        )
+    if mode == "none" and devices > 1:
+        raise ValueError(
+            f"parallel.devices={devices} needs a data-parallel mode, but parallel.mode='none'. "
+            "Fix: set parallel.mode='sharding' or 'pmap'."
         )
     return _strategy(mode, fsdp, devices or None)
 
 
 @functools.cache
 def _strategy(mode: str, fsdp: bool, devices: int | None) -> parallel.Strategy:
-    try:
-        return parallel.make(mode, devices=devices, fsdp=fsdp)
-    except ValueError as e:
-        raise ValueError(str(e).replace("fsdp=", "parallel.fsdp=")) from None
+    return parallel.make(mode, devices=devices, fsdp=fsdp)
 
 
 def check_batch(config, batch_size: int, key: str) -> None:
