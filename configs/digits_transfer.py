@@ -1,29 +1,32 @@
 """Transfer on 8x8 digits: pretrain LeNet-5 on digits 0-4, adapt to 5-9 from 20 labels each.
 
     jaxopt-ft --config=configs/digits_transfer.py --workdir=runs/digits_transfer
+    # 5 labels per class:
+    jaxopt-ft --config=configs/digits_transfer.py --workdir=runs/digits_transfer_5 \\
+        --config.transfer.per_class=5 --config.transfer.batch_size=25
 
-Pretraining uses every training example of digits 0-4 (Adam 1e-3, cosine, 1,500 steps of 64).
-Each mode then adapts to digits 5-9 from 20 labelled examples per class (AdamW 3e-3, cosine,
-200 steps of 50; scratch uses 1e-2) and is scored on all test examples of 5-9, averaged over
-three seeds. ``partial`` freezes both conv layers and fine-tunes the dense layers; LoRA adapts
-conv2, dense1 and dense2 at rank 4.
+Phases: `pretrain` (`train.steps` = 1,500 Adam steps of 64 on every training example of digits
+0-4), then `<mode>_seed<s>` for each of `transfer.modes` x `transfer.seeds` (0-2), each
+`transfer.steps` (200) AdamW steps of 50 at 3e-3 (scratch 1e-2; `features` trains only the
+head, on cached features). `partial` freezes both conv layers and fine-tunes the dense layers;
+LoRA adapts conv2, dense1 and dense2 at rank 4.
 
-Expected (measured, seeds 0-2; about 2.4 min wall, 55 s CPU, on 2 shared cores): pretraining
-reaches 0.991 on the test examples of digits 0-4; on the 224 test examples of digits 5-9:
+Expected (the README's table from `make results`; seeds 0-2; about 2.4 min wall, 55 s CPU, on
+2 shared cores, timed with the earlier table in docs/ablations.md): pretraining reaches 0.991
+on the test examples of digits 0-4; on the 224 test examples of digits 5-9:
 
-    mode          accuracy  vs scratch (paired)  trainable  frozen
-    full          0.940     -0.009 +- 0.006      20,961     0
-    partial       0.917     -0.033 +- 0.011      18,389     2,572
-    linear_probe  0.741     -0.208 +- 0.009      425        20,536
-    features      0.751     -0.198 +- 0.021      425        20,536
-    lora          0.912     -0.037 +- 0.013      2,641      20,536
-    scratch       0.949                          20,961     0
+    mode          test_accuracy     vs scratch (paired)  trainable  frozen  opt_state_bytes
+    full          0.9405 +- 0.0152  -0.0104 +- 0.0056    20961      0       167704
+    partial       0.9167 +- 0.0231  -0.0342 +- 0.0117    18389      2572    147128
+    linear_probe  0.7411 +- 0.0109  -0.2098 +- 0.0073    425        20536   3408
+    features      0.7515 +- 0.0042  -0.1994 +- 0.0187    425        20536   3408
+    lora          0.9122 +- 0.0172  -0.0387 +- 0.0128    2641       20536   21144
+    scratch       0.9509 +- 0.0182                       20961      0       167704
 
-Unlike MNIST-1D, pretraining on 0-4 does not help here: 20 labels per class already take
-LeNet-5 from scratch to 0.95, and the 84 features it learns for 0-4 separate 5-9 poorly (the
-frozen-trunk modes lose 0.2). With 5 labels per class (``--config.transfer.per_class=5
---config.transfer.batch_size=25``) full fine-tuning does beat scratch, 0.896 against 0.856;
-the frozen-trunk modes still trail (0.693).
+With 5 labels per class (the second command) full fine-tuning beats scratch, 0.896 against
+0.856; the frozen-trunk modes trail (0.693).
+
+Why pretraining does not help here, and an earlier table: docs/ablations.md#digits_transfer
 """
 
 import ml_collections

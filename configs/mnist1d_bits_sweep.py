@@ -2,20 +2,26 @@
 
     jaxopt-ft --config=configs/mnist1d_bits_sweep.py --workdir=runs/mnist1d_bits_sweep
 
-One 64-channel CNN (113,192 bytes in float32) is trained for 3,000 steps, then quantized at
-2, 3, 4, 6 and 8 bits by each method; the first and last layers stay at 8 bits throughout.
-QAT fine-tunes 1,000 steps per width at 3e-3 (at 1e-3 for 300 steps, 2 bits reached 0.31).
+One 64-channel CNN (113,192 bytes in float32) is quantized at each width of `sweep.bits` by
+each method of `sweep.methods`; the first and last layers stay at 8 bits throughout
+(`quant.first_last_bits`).
 
-Expected (seed 0): dense 0.960; test accuracy
+Phases: `dense` (`train.steps` = 3,000), then `qat@<b>` for each width (`quant.qat_steps` =
+1,000 steps at `quant.learning_rate` = 3e-3); the PTQ rows train nothing.
 
-    bits   ptq_weights   ptq     qat     size_bytes
-    2      0.128         0.110   0.725   17,424 (6.5x)
-    3      0.864         0.774   0.943   17,424
-    4      0.945         0.941   0.956   17,424
-    6      0.959         0.962   0.962   29,712 (3.8x; 5-8 bits are stored in int8)
-    8      0.962         0.962   0.962   29,712
+Expected (seed 0, the README's table from `make results`): dense 0.966; test accuracy
 
-in about 2 minutes on 2 busy CPU cores (77 s of CPU time).
+    bits   ptq_weights   ptq      qat      size_bytes (compression)
+    2      0.1240        0.1070   0.7600   17424 (6.496)
+    3      0.8660        0.7400   0.9390   17424 (6.496)
+    4      0.9530        0.9400   0.9470   17424 (6.496)
+    6      0.9630        0.9600   0.9630   29712 (3.81; 5-8 bits are stored in int8)
+    8      0.9620        0.9610   0.9630   29712 (3.81)
+
+in about 2 minutes on 2 busy CPU cores (77 s of CPU time; timed with the earlier table in
+docs/ablations.md).
+
+How the defaults were chosen: docs/ablations.md#mnist1d_bits_sweep
 """
 
 import ml_collections

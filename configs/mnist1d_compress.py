@@ -1,38 +1,36 @@
-"""Compression on MNIST-1D: a 128-channel CNN, dense vs 90 % sparse vs channel-pruned.
+"""Compression on MNIST-1D: a 128-channel CNN pruned (90 % sparse, channel-pruned) and quantized.
 
     jaxopt-ft --config=configs/mnist1d_compress.py --workdir=runs/mnist1d_compress
+    # seeds 1 and 2 (`scripts/more_seeds.sh mnist1d_compress` runs both):
+    jaxopt-ft --config=configs/mnist1d_compress.py --workdir=runs/mnist1d_compress_seed1 \\
+        --config.seed=1
 
-Model: the MNIST-1D paper's CNN widened to 128 channels (105,738 params), wide enough that
-90 % of its weights can go at no cost. Phases: ``dense`` (Adam 1e-2, cosine decay, label
-smoothing 0.1, 2,000 steps of 100); ``prune`` (1,500 steps: global magnitude pruning of the
-conv2, conv3 and head kernels, conv1 left dense, Zhu-Gupta cubic ramp over the first 750 steps
-with masks updated every 50, Adam from 3e-3 with cosine decay); ``structured`` (the lower-L2
-half of every layer's channels removed, 128 -> 64, then 500 steps from 3e-3, cosine).
+Phases (shorten these for a quick run):
+- `dense`: `train.steps` (2,000), Adam 1e-2, cosine, label smoothing 0.1, batch 100;
+- `prune`: `prune.steps` (1,500), global magnitude pruning to `prune.sparsity` (0.9), conv1
+  dense, cubic ramp to `prune.end_fraction` (0.5) of the phase, masks every 50 steps;
+- `structured`: half of every layer's channels removed (128 -> 64), then
+  `prune.structured_steps` (500) steps;
+- `qat`, `pruned_qat`: `quant.qat_steps` (100) each (0 turns those rows into PTQ);
+  `int8_ptq` and `int8_weights` train nothing.
 
-Expected, seeds 0 / 1 / 2 (``--config.seed=N``; the README's generated tables come from
-``make results``); step_ms is one jitted forward pass over the 1,000 test examples, the three
-models timed side by side:
+Expected (README: `make results` and `scripts/more_seeds.sh mnist1d_compress`); test accuracy
+for seeds 0 / 1 / 2, the other columns seed 0; params 105,738 except structured (28,298);
+step_ms is one jitted forward pass over the 1,000 test examples, all models timed side by side:
 
-    row         test_accuracy          params   nonzero  sparsity  size_bytes  step_ms
-    dense       0.968 / 0.965 / 0.963  105,738  105,738  0         422,952     16-17
-    pruned      0.968 / 0.970 / 0.966  105,738   11,504  0.900004   63,820     16-17
-    structured  0.960 / 0.966 / 0.964   28,298   28,298  0.735     113,192      7
+    row               test_accuracy             nonzero  sparsity  size_bytes  step_ms
+    dense             0.9680 / 0.9650 / 0.9630  105738   0         422952      9.996
+    pruned            0.9680 / 0.9700 / 0.9660  11504    0.9000    63820       9.609
+    structured        0.9600 / 0.9660 / 0.9640  28298    0.7347    113192      4.512
+    int8_ptq          0.9670 / 0.9650 / 0.9610  104416   0.0126    108824      7.026
+    int8_weights      0.9670 / 0.9650 / 0.9610  104416   0.0126    108758      10.16
+    qat_int4          0.9630 / 0.9660 / 0.9660  85430    0.1939    59670       7.503
+    pruned_quantized  0.9590 / 0.9640 / 0.9630  11497    0.9001    18306       6.971
 
-A run took 36-56 s wall on 2 CPU cores.
+pruned_quantized size_bytes over seeds 0 / 1 / 2: 18306 / 18609 / 18684. A run took 36-56 s
+wall on 2 CPU cores.
 
-How the default was chosen (measured with an earlier version of the training loop, whose
-absolute accuracies differ from today's by up to 0.8 points): pruned minus dense test accuracy
-in points, seeds 0 / 1 / 2, global magnitude with conv1 dense and fine-tuning from 3e-3 unless
-noted (dense steps + prune steps):
-
-- 64 channels, 3,000 + 2,000: -1.4 / -2.0 / -2.1; ERK allocation -2.1 / -2.5 / -2.9;
-  fine-tuning from 1e-2 -3.1 / -1.3 / -1.9, from 1e-3 -4.4 / -3.4 / -2.7;
-  3,000 + 4,000: -1.1 / -0.7 / -1.6.
-- 96 channels, 3,000 + 1,500: -0.6 / -0.5 / -0.4.
-- 128 channels, 2,000 + 1,500: +0.1 / 0.0 / -0.1 (the default); 2,000 + 1,000: -0.3 / -0.5 /
-  +0.4; 1,500 + 1,000: -1.1 / -0.6 / +1.0; 1,500 + 1,500: -0.7 / -0.8 / +0.2; 3,000 + 2,000:
-  -0.6 / -0.4 / -0.3. 3,000 dense steps raise dense accuracy to 0.970 / 0.974 / 0.967, 0.4
-  points for 50 % more dense training.
+How the defaults were chosen: docs/ablations.md#mnist1d_compress
 """
 
 import ml_collections

@@ -2,26 +2,25 @@
 
     jaxopt-ft --config=configs/mnist1d_transfer.py --workdir=runs/mnist1d_transfer
 
-Pretraining uses every training example of classes 0-4 (Adam 1e-2, cosine, 1,000 steps of
-100). Each mode then adapts to classes 5-9 from 20 labelled examples per class (AdamW 3e-3,
-cosine, 200 steps of 50; scratch uses 1e-2) and is scored on all test examples of 5-9, averaged
-over three seeds (each seed draws its own 100 labels and new head).
+Phases: `pretrain` (`train.steps` = 1,000 Adam steps of 100 on every training example of
+classes 0-4), then `<mode>_seed<s>` for each of `transfer.modes` x `transfer.seeds` (0-2),
+each `transfer.steps` (200) AdamW steps of 50 at 3e-3 (scratch 1e-2) on 20 labelled examples
+per class (`features` trains only the head, on cached features). Each seed draws its own 100
+labels and new head; every mode is scored on all test examples of classes 5-9.
 
-Expected (measured, seeds 0-2; about 75 s wall, 35 s CPU, on 2 shared cores): pretraining
-reaches 0.976 on the test examples of classes 0-4; on the 493 test examples of classes 5-9:
+Expected (the README's table from `make results`; seeds 0-2; about 75 s wall, 35 s CPU, on 2
+shared cores): pretraining reaches 0.976 on the test examples of classes 0-4; on the 493 test
+examples of classes 5-9:
 
-    mode          accuracy  vs scratch (paired)  trainable  frozen  opt_state_bytes
-    full          0.571     +0.143 +- 0.028      26,693     0       213,560
-    partial       0.572     +0.143 +- 0.024      26,309     384     210,488
-    linear_probe  0.565     +0.137 +- 0.007      1,605      25,088  12,848
-    features      0.565     +0.136 +- 0.011      1,605      25,088  12,848
-    lora          0.562     +0.133 +- 0.030      3,929      25,088  31,448
-    scratch       0.429                          26,693     0       213,560
+    mode          test_accuracy     vs scratch (paired)  trainable  frozen  opt_state_bytes
+    full          0.5713 +- 0.0272  0.1427 +- 0.0282     26693      0       213560
+    partial       0.5720 +- 0.0232  0.1433 +- 0.0238     26309      384     210488
+    linear_probe  0.5652 +- 0.0069  0.1366 +- 0.0067     1605       25088   12848
+    features      0.5646 +- 0.0117  0.1359 +- 0.0109     1605       25088   12848
+    lora          0.5619 +- 0.0294  0.1332 +- 0.0304     3929       25088   31448
+    scratch       0.4287 +- 0.0010                       26693      0       213560
 
-Learning rates and step counts came from a small sweep on seeds 0-2 (1e-3 / 3e-3 / 1e-2, 100 /
-300 steps: every pretrained mode landed at 0.56-0.61, scratch at 0.44-0.45 whatever its rate).
-As a check on fresh draws, seeds 3-5 with the same pretrained trunk give 0.565-0.590 for the
-pretrained modes and 0.452 for scratch (margins +0.11 to +0.14).
+How the defaults were chosen: docs/ablations.md#mnist1d_transfer
 """
 
 import ml_collections
