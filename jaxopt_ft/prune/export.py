@@ -101,14 +101,7 @@ def load_sparse(path: str | os.PathLike, *, like: PyTree | None = None) -> PyTre
             flat[leaf["path"]] = dense.reshape(shape)
     if like is not None:
         return tree.unflatten_like(like, flat)
-    nested: dict[str, Any] = {}
-    for name, value in flat.items():
-        *parents, last = name.split("/")
-        node = nested
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return nested
+    return tree.unflatten(flat)
 
 
 def summary(
