@@ -229,7 +229,7 @@ def load_quantized(path: str | os.PathLike, *, dequantized: bool = False) -> PyT
                 )
             else:
                 q = sparse.decode_relative(get(e["v"], np.uint8), e["n"], size, bits=m["bits"])
-            values = np.asarray(pack_int4(q)) if m["bits"] <= 4 else q.reshape(m["shape"])
+            values = pack_int4(q) if m["bits"] <= 4 else q.reshape(m["shape"])
         qa = _qarray(m, values, scale.reshape(stat_shape), zp.reshape(stat_shape))
         flat[e["p"]] = dequantize(qa) if dequantized else qa
     return tree_lib.unflatten(flat)
