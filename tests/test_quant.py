@@ -202,6 +202,17 @@ def test_bad_bits(bits):
         quant.fake_quant(jnp.ones(3), bits=bits)
     with pytest.raises(ValueError, match="Accepted: integers 2-16"):
         quant.quantize(jnp.ones(3), bits=bits)
+    with pytest.raises(ValueError, match=r"^quant\.bits=.*Accepted: integers 2-16"):
+        quant.check_bits(bits, what="quant.bits")
+
+
+def test_check_bits_returns_an_int():
+    assert quant.check_bits(np.int64(4)) == 4 and type(quant.check_bits(np.int64(4))) is int
+
+
+def test_layer_paths_are_the_owners_of_kernels():
+    params = {"conv1": {"kernel": 0, "bias": 0}, "block": {"dense": {"kernel": 0}}, "scale": 0}
+    assert quant.layer_paths(params) == ["block/dense", "conv1"]
 
 
 @pytest.mark.parametrize("axis", [2, -3, (0, 0)])
