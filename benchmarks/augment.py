@@ -16,7 +16,7 @@ import statistics
 
 import jax
 
-from jaxopt_ft import data, models, optim, train
+from jaxopt_ft import data, models, optim, timing, train
 from jaxopt_ft.data import augment
 
 DEFAULT_OPS = "crop(pad=1), rotate(degrees=10)"
@@ -50,10 +50,14 @@ def main():
     aug = augment.build(args.ops, input_shape=ds.x.shape[1:], num_classes=ds.num_classes)
     plain_step = train.make_train_step()
     aug_step = train.make_train_step(augment=aug)
-    plain, augmented = [], []
-    for _ in range(args.repeats):
-        plain.append(ms_per_step(plain_step, tx, model, params, ds, args.steps))
-        augmented.append(ms_per_step(aug_step, tx, model, params, ds, args.steps))
+    runs = timing.interleave(
+        {
+            "plain": lambda: ms_per_step(plain_step, tx, model, params, ds, args.steps),
+            "augmented": lambda: ms_per_step(aug_step, tx, model, params, ds, args.steps),
+        },
+        rounds=args.repeats,
+    )
+    plain, augmented = runs["plain"], runs["augmented"]
     p, a = statistics.median(plain), statistics.median(augmented)
     ratio = a / p
     print(f"plain:     {p:.3f} ms/step  (runs: {', '.join(f'{v:.3f}' for v in plain)})")

@@ -26,14 +26,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxopt_ft import data, finetune, models, train
+from jaxopt_ft import data, finetune, models, timing, train
 from jaxopt_ft.finetune import features
 
 MODEL = models.get("cnn", channels=(64, 64, 64), num_classes=10)
@@ -49,7 +47,7 @@ def _params():
 
 
 def _runner(kind: str, batches: list):
-    """Returns ``run(n)``: n training steps cycling over ``batches``, blocking at the end."""
+    """Returns ``run()``: one training step (cycling over ``batches``) and its outputs."""
     params = _params()
     if kind == "full":
         tx, step = _adamw(), train.make_train_step()
@@ -71,29 +69,17 @@ def _runner(kind: str, batches: list):
             step = finetune.make_train_step(labels)
     state = train.TrainState.create(apply_fn=MODEL.apply, params=params, tx=tx)
     step = jax.jit(step, donate_argnums=0)
-    holder = {"state": state}
+    holder = {"state": state, "i": 0}
 
-    def run(n: int) -> None:
-        s = holder["state"]
-        for i in range(n):
-            s, metrics = step(s, batches[i % len(batches)], jax.random.PRNGKey(i))
-        jax.block_until_ready((s, metrics))
-        holder["state"] = s
+    def run():
+        i = holder["i"]
+        holder["state"], metrics = step(
+            holder["state"], batches[i % len(batches)], jax.random.PRNGKey(i)
+        )
+        holder["i"] = i + 1
+        return holder["state"], metrics
 
     return run
-
-
-def _median_ms(runs: dict, n: int, repeats: int, per: int) -> dict[str, float]:
-    """Median over ``repeats`` of the time of ``run(n)`` divided by ``per``, in ms."""
-    for run in runs.values():
-        run(2)  # compile
-    times = {k: [] for k in runs}
-    for _ in range(repeats):
-        for k, run in runs.items():
-            t0 = time.perf_counter()
-            run(n)
-            times[k].append((time.perf_counter() - t0) * 1000.0 / per)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:
@@ -109,12 +95,12 @@ def main() -> None:
     ]
     kinds = ("full", "frozen_trunk", "frozen_conv1", "set_to_zero", "set_to_zero_clip")
     runs = {k: _runner(k, batches) for k in kinds}
-    step_ms = _median_ms(runs, args.steps, args.repeats, args.steps)
+    step_ms = timing.time_side_by_side(runs, repeats=args.repeats, number=args.steps, warmup=2)
 
     # Epochs: a full epoch is len(batches) full steps; a features epoch trains the head on the
     # cached features with the same minibatches, in one compiled call.
     epoch_steps = len(batches)
-    full_epoch = _runner("full", batches)
+    full_step = _runner("full", batches)
     variables = {"params": _params()}
     extract = lambda: features.extract(MODEL.apply, variables, ds.x)  # noqa: E731
     feats = jax.block_until_ready(extract())
@@ -132,21 +118,21 @@ def main() -> None:
     def head_runner(trainer):
         hold = {"head": head, "opt": tx.init(head)}
 
-        def run(n: int) -> None:
-            del n  # one call is one epoch
+        def run():
             h, s, _ = trainer(hold["head"], hold["opt"], feats, labels, jax.random.PRNGKey(0))
-            jax.block_until_ready(h)
             hold["head"], hold["opt"] = h, s
+            return h
 
         return run
 
-    def extraction(n: int) -> None:
-        del n
-        jax.block_until_ready(extract())
+    def full_epoch():
+        for _ in range(epoch_steps):
+            out = full_step()
+        return out
 
-    epoch_runs = {"full": full_epoch, "extract": extraction}
+    epoch_runs = {"full": full_epoch, "extract": extract}
     epoch_runs.update({k: head_runner(t) for k, t in trainers.items()})
-    epoch_ms = _median_ms(epoch_runs, epoch_steps, args.repeats, 1)
+    epoch_ms = timing.time_side_by_side(epoch_runs, repeats=args.repeats)
 
     base = step_ms["full"]
     print(f"64-channel CNN, batch {BATCH}: full step {base:.3f} ms")

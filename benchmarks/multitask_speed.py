@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxopt_ft import data, models
+from jaxopt_ft import data, models, timing
 from jaxopt_ft import multitask as mt
 
 SPEC = {
@@ -53,14 +51,12 @@ def _step_runner(tasks, method_name: str, batch: dict):
     )
     step = jax.jit(mt.make_train_step(tasks, method), donate_argnums=0)
     batch = jax.device_put(batch)
-    holder = {"state": state}
+    holder = {"state": state, "i": 0}
 
-    def run(n: int) -> None:
-        s = holder["state"]
-        for i in range(n):
-            s, metrics = step(s, batch, jax.random.PRNGKey(i))
-        jax.block_until_ready((s, metrics))
-        holder["state"] = s
+    def run():
+        holder["state"], metrics = step(holder["state"], batch, jax.random.PRNGKey(holder["i"]))
+        holder["i"] += 1
+        return holder["state"], metrics
 
     return run
 
@@ -84,24 +80,7 @@ def _grads_runner(tasks, batch: dict, *, mode: str):
     else:  # T separately jitted grads called from Python, as a PyTorch-style loop does
         fns = [jax.jit(jax.grad(lambda q, i=i: losses(q)[i])) for i in range(num)]
 
-    def run(n: int) -> None:
-        for _ in range(n):
-            out = [fn(params) for fn in fns]
-        jax.block_until_ready(out)
-
-    return run
-
-
-def _median_ms(runners: dict, *, steps: int, repeats: int) -> dict[str, float]:
-    for run in runners.values():
-        run(3)  # compile and warm up
-    times = {k: [] for k in runners}
-    for _ in range(repeats):
-        for name, run in runners.items():  # interleaved, so load changes hit every variant
-            t0 = time.perf_counter()
-            run(steps)
-            times[name].append((time.perf_counter() - t0) / steps * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return lambda: [fn(params) for fn in fns]
 
 
 def main() -> None:
@@ -114,7 +93,7 @@ def main() -> None:
     tasks = mt.make_tasks(SPEC)
     num = len(tasks)
     batch = _batch(args.batch_size, tasks)
-    ms = _median_ms(
+    ms = timing.time_side_by_side(
         {
             "equal": _step_runner(tasks, "equal", batch),
             "pcgrad": _step_runner(tasks, "pcgrad", batch),
@@ -123,8 +102,9 @@ def main() -> None:
             "grads_python": _grads_runner(tasks, batch, mode="python"),
             "grads_unrolled": _grads_runner(tasks, batch, mode="unrolled"),
         },
-        steps=args.steps,
         repeats=args.repeats,
+        number=args.steps,
+        warmup=3,
     )
     print(f"T = {num} tasks, MNIST-1D CNN trunk, batch {args.batch_size}, {jax.devices()[0]}")
     print(f"equal-weight step      {ms['equal']:.3f} ms")

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,22 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxopt_ft import models, prune
+from jaxopt_ft import models, prune, timing
 
 BATCH, LENGTH, CLASSES = 100, 40, 10
-
-
-def _time_blocks(fns: dict[str, Callable[[], Any]], *, blocks: int, per_block: int) -> dict:
-    """Median seconds per call for each fn, alternating fns block by block."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(blocks):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            for _ in range(per_block):
-                out = fn()
-            jax.block_until_ready(out)
-            times[name].append((time.perf_counter() - start) / per_block)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def train_step_figure(*, blocks: int, per_block: int) -> dict[str, Any]:
@@ -85,14 +70,13 @@ def train_step_figure(*, blocks: int, per_block: int) -> dict[str, Any]:
             exclude_first=True,
         )
     )
-    for fn in (dense, wrapped):  # compile and warm up
-        for _ in range(3):
-            jax.block_until_ready(fn())
-    t = _time_blocks({"dense": dense, "wrapped": wrapped}, blocks=blocks, per_block=per_block)
+    t = timing.time_side_by_side(
+        {"dense": dense, "wrapped": wrapped}, repeats=blocks, number=per_block, warmup=3
+    )
     return {
         "name": "prune_step_vs_dense",
-        "value": 1e3 * t["wrapped"],
-        "baseline": 1e3 * t["dense"],
+        "value": t["wrapped"],
+        "baseline": t["dense"],
         "ratio": t["wrapped"] / t["dense"],
         "target": 1.05,
         "unit": "ms",
@@ -113,13 +97,11 @@ def structured_figure(*, blocks: int, per_block: int) -> dict[str, Any]:
     want = dense_fn({"params": prune.apply_masks(params, masks)}, x)
     np.testing.assert_allclose(small_fn(small_vars, x), want, atol=1e-5)
     fns = {"dense": lambda: dense_fn(dense_vars, x), "compact": lambda: small_fn(small_vars, x)}
-    for fn in fns.values():
-        jax.block_until_ready(fn())
-    t = _time_blocks(fns, blocks=blocks, per_block=per_block)
+    t = timing.time_side_by_side(fns, repeats=blocks, number=per_block)
     return {
         "name": "structured_infer_vs_dense",
-        "value": 1e3 * t["compact"],
-        "baseline": 1e3 * t["dense"],
+        "value": t["compact"],
+        "baseline": t["dense"],
         "ratio": t["compact"] / t["dense"],
         "target": 1.0,
         "unit": "ms",

@@ -19,38 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
-from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxopt_ft import models, quant
+from jaxopt_ft import models, quant, timing
 
 WEIGHT_BITS = [("conv1/kernel|head/kernel", 8), (".*kernel", 4), (".*", None)]
-
-
-def _time(fn: Callable[[], Any], steps: int) -> float:
-    """Milliseconds per call of ``fn`` over ``steps`` calls (blocks on the last result)."""
-    start = time.perf_counter()
-    out = None
-    for _ in range(steps):
-        out = fn()
-    jax.block_until_ready(out)
-    return (time.perf_counter() - start) * 1e3 / steps
-
-
-def _side_by_side(a: Callable[[], Any], b: Callable[[], Any], *, repeats: int, steps: int):
-    for f in (a, b):  # compile and warm up
-        jax.block_until_ready(f())
-    ta, tb = [], []
-    for _ in range(repeats):
-        ta.append(_time(a, steps))
-        tb.append(_time(b, steps))
-    return statistics.median(ta), statistics.median(tb)
 
 
 def _report(name: str, value: float, baseline: float, target: float | None, what: str) -> None:
@@ -100,8 +76,10 @@ def bench_qat_step(*, repeats: int, steps: int) -> tuple[float, float]:
 
         return run
 
-    dense, qat = _side_by_side(runner("dense"), runner("qat"), repeats=repeats, steps=steps)
-    return qat, dense
+    ms = timing.time_side_by_side(
+        {"dense": runner("dense"), "qat": runner("qat")}, repeats=repeats, number=steps
+    )
+    return ms["qat"], ms["dense"]
 
 
 def bench_int8_inference(*, repeats: int, steps: int) -> tuple[float, float]:
@@ -115,10 +93,12 @@ def bench_int8_inference(*, repeats: int, steps: int) -> tuple[float, float]:
     int8 = jax.jit(quant.int8_apply_fn(model, act_ranges=ranges))
     agree = float(jnp.mean(fp32(variables, x).argmax(-1) == int8(qvars, x).argmax(-1)))
     print(f"int8 vs fp32 prediction agreement on random inputs: {agree:.4f}")
-    i8, f32 = _side_by_side(
-        lambda: int8(qvars, x), lambda: fp32(variables, x), repeats=repeats, steps=steps
+    ms = timing.time_side_by_side(
+        {"int8": lambda: int8(qvars, x), "fp32": lambda: fp32(variables, x)},
+        repeats=repeats,
+        number=steps,
     )
-    return i8, f32
+    return ms["int8"], ms["fp32"]
 
 
 def main() -> None:

@@ -23,11 +23,22 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 COUNTS = (1, 2, 4, 8)
 WARMUP = 10
 MODES = ("sharding", "pmap")
+
+
+def _stepper(step, state, batches: list, key):
+    """Returns a call that runs one step (cycling over ``batches``) and returns its outputs."""
+    held = {"state": state, "k": 0}
+
+    def call():
+        held["state"], metrics = step(held["state"], batches[held["k"] % len(batches)], key)
+        held["k"] += 1
+        return held["state"], metrics
+
+    return call
 
 
 def child(args: argparse.Namespace) -> None:
@@ -35,7 +46,7 @@ def child(args: argparse.Namespace) -> None:
     import numpy as np
     import optax
 
-    from jaxopt_ft import models, parallel, train
+    from jaxopt_ft import models, parallel, timing, train
 
     if args.devices > jax.device_count():
         print("RESULT " + json.dumps({"skipped": f"only {jax.device_count()} devices"}))
@@ -53,17 +64,12 @@ def child(args: argparse.Namespace) -> None:
         state = train.TrainState.create(apply_fn=model.apply, params=params, tx=optax.adam(1e-3))
         state = strategy.prepare(state)
         step = strategy.step(train.make_train_step())
-        key = jax.random.PRNGKey(1)
-        for k in range(WARMUP):  # compilation, and the loss to compare across counts
-            state, metrics = step(state, batches[k % 8], key)
+        call = _stepper(step, state, batches, jax.random.PRNGKey(1))
+        for _ in range(WARMUP):  # compilation, and the loss to compare across counts
+            _, metrics = call()
         warm_loss = float(metrics["loss"])
-        rates = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            for k in range(args.steps):
-                state, metrics = step(state, batches[k % 8], key)
-            jax.block_until_ready((state, metrics))
-            rates.append(args.steps / (time.perf_counter() - t0))
+        ms = timing.time_rounds({mode: call}, repeats=args.repeats, number=args.steps, warmup=0)
+        rates = [1e3 / t for t in ms[mode]]
         out[mode] = {"steps_per_s": statistics.median(rates), "loss": warm_loss}
     print("RESULT " + json.dumps(out), flush=True)
 

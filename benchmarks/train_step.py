@@ -20,7 +20,7 @@ import time
 import jax
 import optax
 
-from jaxopt_ft import data, models, train
+from jaxopt_ft import data, models, timing, train
 
 
 def plain_loop(model, params, ds, steps):
@@ -70,14 +70,18 @@ def main():
     ds = data.load("mnist1d", "train")
     model = models.get("cnn")
     params, _ = train.init_model(model, jax.random.PRNGKey(0), ds.x[:1])
-    ours, plain = [], []
-    for _ in range(args.repeats):
-        plain.append(plain_loop(model, jax.tree.map(lambda x: x.copy(), params), ds, args.steps))
-        ours.append(our_loop(model, jax.tree.map(lambda x: x.copy(), params), ds, args.steps))
+    fresh = lambda: jax.tree.map(lambda x: x.copy(), params)  # noqa: E731
+    runs = timing.interleave(
+        {
+            "plain": lambda: plain_loop(model, fresh(), ds, args.steps),
+            "ours": lambda: our_loop(model, fresh(), ds, args.steps),
+        },
+        rounds=args.repeats,
+    )
+    ours, plain = runs["ours"], runs["plain"]
     ours_sps, plain_sps = statistics.median(ours), statistics.median(plain)
-    # Time per step ours / plain, as the median of each round's pair: a round's two loops run
-    # back to back, so a noisy stretch of the machine slows both and cancels in the pair.
-    ratio = statistics.median(p / o for p, o in zip(plain, ours, strict=True))
+    # Time per step ours / plain (= plain steps/s over ours), paired round by round.
+    ratio = timing.median_ratio(plain, ours)
     print(f"ours:  {ours_sps:8.0f} steps/s  (runs: {', '.join(f'{v:.0f}' for v in ours)})")
     print(f"plain: {plain_sps:8.0f} steps/s  (runs: {', '.join(f'{v:.0f}' for v in plain)})")
     print(f"time per step, ours / plain: {ratio:.3f}  (target <= 1.10)")

@@ -13,6 +13,7 @@ from jaxopt_ft import parallel as parallel
 from jaxopt_ft import prune as prune
 from jaxopt_ft import quant as quant
 from jaxopt_ft import report as report
+from jaxopt_ft import timing as timing
 from jaxopt_ft import train as train
 from jaxopt_ft import tree as tree
 
@@ -29,6 +30,7 @@ __all__ = [
     "prune",
     "quant",
     "report",
+    "timing",
     "train",
     "tree",
 ]

@@ -111,10 +111,24 @@ def accuracy_by_method(
 
 
 def save_plot(fig: Any, workdir: str, name: str, *, legend: bool = True, dpi: int = 100) -> str:
-    """Lays out, saves (main process only) and closes ``fig`` as ``workdir/name``; returns name."""
+    """Lays out, saves (main process only) and closes ``fig`` as ``workdir/name``; returns name.
+
+    Every plot of an experiment goes through here: build ``fig`` with :func:`pyplot` (or
+    :func:`accuracy_by_method`), then list the returned name in the report's ``"plots"``,
+    e.g. ``{..., "plots": [save_plot(fig, workdir, "curve.png")]}``, so report.md shows it.
+
+    Args:
+      fig: A matplotlib figure.
+      workdir: The experiment's directory.
+      name: File name (``.png``), also what report.md links.
+      legend: Add a small legend to each axis that has labelled artists and no legend yet
+        (a legend the caller placed is kept as it is).
+      dpi: Resolution of the PNG.
+    """
     if legend:
         for ax in fig.axes:
-            ax.legend(fontsize=8)
+            if ax.get_legend() is None and ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
     fig.tight_layout()
     savefig(fig, os.path.join(workdir, name), dpi=dpi)
     pyplot().close(fig)

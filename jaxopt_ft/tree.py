@@ -41,10 +41,53 @@ def path_str(key_path: Sequence[Any]) -> str:
     return "/".join(_key_str(k) for k in key_path)
 
 
-def flatten(tree: PyTree) -> dict[str, Any]:
-    """Returns ``{path: leaf}`` in the tree's leaf order."""
-    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+def flatten(tree: PyTree, *, is_leaf: Callable[[Any], bool] | None = None) -> dict[str, Any]:
+    """Returns ``{path: leaf}`` in the tree's leaf order.
+
+    Args:
+      tree: any pytree.
+      is_leaf: as in ``jax.tree.leaves``: nodes for which it is True are leaves (e.g.
+        ``quant.is_qarray`` keeps QArrays whole).
+    """
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
     return {path_str(kp): leaf for kp, leaf in leaves}
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    """Builds nested dicts from ``{path: leaf}``: the inverse of :func:`flatten` on dicts.
+
+    Keys are split at ``/``; nested dicts keep ``flat``'s order. To rebuild another structure
+    (lists, NNX states) use :func:`unflatten_like`.
+
+    Args:
+      flat: ``{path: leaf}``, e.g. from :func:`flatten`.
+
+    Returns:
+      Nested dicts with the leaves of ``flat``.
+
+    Example:
+      >>> unflatten({"conv1/kernel": 1, "conv1/bias": 2, "head": 3})
+      {'conv1': {'kernel': 1, 'bias': 2}, 'head': 3}
+
+    Raises:
+      ValueError: a path is both a leaf and a prefix of another path (``"a"`` and ``"a/b"``).
+    """
+    for path in flat:
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            if (prefix := "/".join(parts[:i])) in flat:
+                raise ValueError(
+                    f"unflatten: {prefix!r} is a leaf and also the parent of {path!r}. Fix: "
+                    "keep only one of the two paths."
+                )
+    out: dict[str, Any] = {}
+    for path, leaf in flat.items():
+        *parents, last = path.split("/")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = leaf
+    return out
 
 
 def paths(tree: PyTree) -> list[str]:

@@ -59,6 +59,7 @@ def test_sparse_export_is_smaller_than_dense(tmp_path):
 
 
 def test_export_bad_inputs(tmp_path):
+    assert prune.EXPORT_FORMATS == ("bitmask", "indices")
     with pytest.raises(ValueError, match="Unknown format 'csr'"):
         prune.export_sparse(PARAMS, os.fspath(tmp_path / "m.npz"), format="csr")
     with pytest.raises(ValueError, match="must end in '.npz'"):

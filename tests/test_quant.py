@@ -158,6 +158,21 @@ def test_int4_pack_known_bytes():
     np.testing.assert_array_equal(quant.pack_int4(np.array([1, 2, -1])), [0x21, 0x0F])
 
 
+def test_int4_pack_numpy_in_numpy_out_jax_in_jax_out():
+    v = np.array([[1, -8, 7], [0, -1, 3]], np.int8)
+    packed = quant.pack_int4(v)
+    assert type(packed) is np.ndarray and packed.tolist() == [0x81, 0x07, 0x3F]
+    unpacked = quant.unpack_int4(packed, (2, 3), signed=True)
+    assert type(unpacked) is np.ndarray and unpacked.dtype == np.int8
+    np.testing.assert_array_equal(unpacked, v)
+    for fn in (quant.pack_int4, jax.jit(quant.pack_int4)):
+        packed_jax = fn(jnp.asarray(v))
+        assert isinstance(packed_jax, jax.Array)
+        np.testing.assert_array_equal(packed_jax, packed)
+    unpack = jax.jit(lambda p: quant.unpack_int4(p, (2, 3), signed=True))
+    np.testing.assert_array_equal(unpack(jnp.asarray(packed)), v)
+
+
 @pytest.mark.parametrize(
     ("bits", "symmetric", "dtype", "nbytes"),
     [
@@ -187,6 +202,17 @@ def test_bad_bits(bits):
         quant.fake_quant(jnp.ones(3), bits=bits)
     with pytest.raises(ValueError, match="Accepted: integers 2-16"):
         quant.quantize(jnp.ones(3), bits=bits)
+    with pytest.raises(ValueError, match=r"^quant\.bits=.*Accepted: integers 2-16"):
+        quant.check_bits(bits, what="quant.bits")
+
+
+def test_check_bits_returns_an_int():
+    assert quant.check_bits(np.int64(4)) == 4 and type(quant.check_bits(np.int64(4))) is int
+
+
+def test_layer_paths_are_the_owners_of_kernels():
+    params = {"conv1": {"kernel": 0, "bias": 0}, "block": {"dense": {"kernel": 0}}, "scale": 0}
+    assert quant.layer_paths(params) == ["block/dense", "conv1"]
 
 
 @pytest.mark.parametrize("axis", [2, -3, (0, 0)])

@@ -121,6 +121,16 @@ def test_bitmask_encoding_known_bytes():
     np.testing.assert_array_equal(sparse.decode_bitmask(mask, vals, 9, bits=8), q)
 
 
+def test_bitmask_encoding_keeps_float_values_without_bits():
+    w = np.array([[0.0, -1.5], [0.25, 0.0], [0.0, 3.0]], np.float32)
+    mask, vals = sparse.encode_bitmask(w)
+    np.testing.assert_array_equal(mask, [0b01100100])
+    assert vals.dtype == np.float32 and vals.tolist() == [-1.5, 0.25, 3.0]
+    back = sparse.decode_bitmask(mask, vals, w.size)
+    assert back.dtype == np.float32
+    np.testing.assert_array_equal(back.reshape(w.shape), w)
+
+
 @pytest.mark.parametrize("bits", [2, 4, 8])
 @pytest.mark.parametrize("density", [0.0, 0.02, 0.1, 0.5, 1.0])
 def test_sparse_encodings_roundtrip(bits, density):

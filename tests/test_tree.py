@@ -74,3 +74,28 @@ def test_nnx_state_paths_and_rules():
 def test_map_with_path():
     out = tree.map_with_path(lambda p, x: p, PARAMS)
     assert out["head"]["kernel"] == "head/kernel"
+
+
+def test_unflatten_inverts_flatten():
+    flat = tree.flatten(PARAMS)
+    nested = tree.unflatten(flat)
+    assert tree.flatten(nested) == flat
+    assert nested["conv1"]["kernel"] is PARAMS["conv1"]["kernel"]
+
+
+def test_unflatten_keeps_order_and_nests_deeply():
+    nested = tree.unflatten({"b/y/z": 1, "a": 2, "b/x": 3})
+    assert nested == {"b": {"y": {"z": 1}, "x": 3}, "a": 2}
+    assert list(nested) == ["b", "a"] and list(nested["b"]) == ["y", "x"]
+
+
+@pytest.mark.parametrize("flat", [{"a": 1, "a/b": 2}, {"a/b/c": 1, "a/b": 2}])
+def test_unflatten_rejects_a_leaf_that_is_also_a_parent(flat):
+    with pytest.raises(ValueError, match=r"'a(/b)?' is a leaf and also the parent of 'a/b"):
+        tree.unflatten(flat)
+
+
+def test_flatten_is_leaf_keeps_nodes_whole():
+    nodes = {"w": (1, 2), "b": 3}
+    assert tree.flatten(nodes) == {"b": 3, "w/0": 1, "w/1": 2}
+    assert tree.flatten(nodes, is_leaf=lambda x: isinstance(x, tuple)) == {"b": 3, "w": (1, 2)}

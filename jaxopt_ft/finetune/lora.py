@@ -31,17 +31,6 @@ from jaxopt_ft import tree as tree_lib
 PyTree = Any
 
 
-def _nest(flat: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for path, leaf in flat.items():
-        node = out
-        *parents, last = path.split("/")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = leaf
-    return out
-
-
 def _check(rank: int, alpha: float | None = None) -> None:
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ValueError(f"LoRA rank must be an integer >= 1, got {rank!r}.")
@@ -102,7 +91,7 @@ def init(
         bound = 1.0 / math.sqrt(fan_in)
         out[f"{path}/a"] = jax.random.uniform(k, (fan_in, rank), dt, -bound, bound)
         out[f"{path}/b"] = jnp.zeros((rank, fan_out), dt)
-    return _nest(out)
+    return tree_lib.unflatten(out)
 
 
 def merge(params: PyTree, adapters: PyTree, *, alpha: float) -> PyTree:

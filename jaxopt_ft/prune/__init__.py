@@ -23,6 +23,7 @@ from jaxopt_ft.prune.allocate import (
     nm_masks,
     num_removed,
 )
+from jaxopt_ft.prune.export import FORMATS as EXPORT_FORMATS
 from jaxopt_ft.prune.export import (
     export_sparse,
     finalize,
@@ -74,6 +75,7 @@ from jaxopt_ft.prune.wrapper import (
 __all__ = [
     "Compacted",
     "DEFAULT_RULES",
+    "EXPORT_FORMATS",
     "PruneState",
     "SparsitySchedule",
     "UnitGroup",

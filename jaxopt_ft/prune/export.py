@@ -18,6 +18,7 @@ import numpy as np
 
 from jaxopt_ft import tree
 from jaxopt_ft.prune import masks as masks_lib
+from jaxopt_ft.quant import sparse
 
 PyTree = Any
 
@@ -64,14 +65,15 @@ def export_sparse(params: PyTree, path: str | os.PathLike, *, format: str = "bit
     header = {"format": format, "leaves": []}
     for i, (name, leaf) in enumerate(tree.flatten(params).items()):
         x = np.asarray(jax.device_get(leaf))
-        flat = x.reshape(-1)
-        nz = flat != 0
         header["leaves"].append({"path": name, "shape": list(x.shape), "dtype": str(x.dtype)})
-        arrays[f"v{i}"] = flat[nz].astype(np.float32)
         if format == "bitmask":
-            arrays[f"m{i}"] = np.packbits(nz)
+            mask, values = sparse.encode_bitmask(x)
+            where = {f"m{i}": mask}
         else:
-            arrays[f"i{i}"] = np.flatnonzero(nz).astype(_index_dtype(flat.size))
+            nz = np.flatnonzero(x)
+            where, values = {f"i{i}": nz.astype(_index_dtype(x.size))}, x.reshape(-1)[nz]
+        arrays[f"v{i}"] = values.astype(np.float32)
+        arrays.update(where)
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     np.savez(path, **arrays)
     return os.path.getsize(path)
@@ -90,25 +92,16 @@ def load_sparse(path: str | os.PathLike, *, like: PyTree | None = None) -> PyTre
         flat: dict[str, np.ndarray] = {}
         for i, leaf in enumerate(header["leaves"]):
             shape, dtype = tuple(leaf["shape"]), jnp.dtype(leaf["dtype"])
-            size = int(np.prod(shape))
+            size, values = int(np.prod(shape)), data[f"v{i}"]
             if header["format"] == "bitmask":
-                nz = np.unpackbits(data[f"m{i}"], count=size).astype(bool)
+                dense = sparse.decode_bitmask(data[f"m{i}"], values, size)
             else:
-                nz = np.zeros(size, bool)
-                nz[data[f"i{i}"].astype(np.int64)] = True
-            dense = np.zeros(size, dtype)
-            dense[nz] = data[f"v{i}"].astype(dtype)
-            flat[leaf["path"]] = dense.reshape(shape)
+                dense = np.zeros(size, values.dtype)
+                dense[data[f"i{i}"].astype(np.int64)] = values
+            flat[leaf["path"]] = dense.astype(dtype).reshape(shape)
     if like is not None:
         return tree.unflatten_like(like, flat)
-    nested: dict[str, Any] = {}
-    for name, value in flat.items():
-        *parents, last = name.split("/")
-        node = nested
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return nested
+    return tree.unflatten(flat)
 
 
 def summary(

@@ -18,6 +18,7 @@ from jaxopt_ft.quant.calibrate import (
 )
 from jaxopt_ft.quant.core import (
     QArray,
+    check_bits,
     dequantize,
     fake_quant,
     pack_int4,
@@ -41,6 +42,7 @@ from jaxopt_ft.quant.int8 import (
 from jaxopt_ft.quant.layers import (
     LAYER_TYPES,
     act_bits_map,
+    layer_paths,
 )
 from jaxopt_ft.quant.params import (
     QuantSpec,
@@ -69,6 +71,7 @@ __all__ = [
     "QuantSpec",
     "act_bits_map",
     "calibrate",
+    "check_bits",
     "compression",
     "decode_bitmask",
     "decode_relative",
@@ -83,6 +86,7 @@ __all__ = [
     "fake_quant_params",
     "int8_apply",
     "int8_apply_fn",
+    "layer_paths",
     "load_quantized",
     "pack_int4",
     "qat_apply",

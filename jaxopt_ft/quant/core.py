@@ -212,7 +212,13 @@ def _storage_dtype(bits: int, symmetric: bool) -> np.dtype:
     return np.dtype(np.int16 if symmetric else np.uint16)
 
 
-def pack_int4(values: jax.typing.ArrayLike) -> jax.Array:
+def _array_module(x: Any) -> Any:
+    # Export runs on the host in numpy (eager jax would compile per leaf shape); QArray code
+    # runs under jit. One implementation serves both.
+    return jnp if isinstance(x, jax.Array) else np
+
+
+def pack_int4(values: jax.typing.ArrayLike) -> jax.Array | np.ndarray:
     """Packs 4-bit integers two per byte, row-major, first value in the low nibble.
 
     Args:
@@ -220,28 +226,33 @@ def pack_int4(values: jax.typing.ArrayLike) -> jax.Array:
         count gets one zero nibble of padding.
 
     Returns:
-      A flat uint8 array of ``ceil(size / 2)`` bytes. The shape is not stored: keep it beside.
+      A flat uint8 array of ``ceil(size / 2)`` bytes: a numpy array for numpy (or Python)
+      input, else a jax array (also under ``jit``). The shape is not stored: keep it beside.
     """
-    v = jnp.ravel(jnp.asarray(values)).astype(jnp.int32) & 0xF
+    xp = _array_module(values)
+    v = xp.ravel(xp.asarray(values)).astype(xp.int32) & 0xF
     if v.size % 2:
-        v = jnp.concatenate([v, jnp.zeros((1,), jnp.int32)])
-    return (v[0::2] | (v[1::2] << 4)).astype(jnp.uint8)
+        v = xp.concatenate([v, xp.zeros((1,), xp.int32)])
+    return (v[0::2] | (v[1::2] << 4)).astype(xp.uint8)
 
 
-def unpack_int4(packed: jax.typing.ArrayLike, shape: Sequence[int], *, signed: bool) -> jax.Array:
-    """Inverse of :func:`pack_int4`: returns int8 values of ``shape``.
+def unpack_int4(
+    packed: jax.typing.ArrayLike, shape: Sequence[int], *, signed: bool
+) -> jax.Array | np.ndarray:
+    """Inverse of :func:`pack_int4`: returns int8 values of ``shape`` (numpy for numpy input).
 
     Args:
       packed: The uint8 bytes from :func:`pack_int4`.
       shape: The original shape.
       signed: Sign-extend the nibbles (values were in ``[-8, 7]``), else read ``[0, 15]``.
     """
-    p = jnp.asarray(packed).astype(jnp.int32)
-    v = jnp.stack([p & 0xF, (p >> 4) & 0xF], axis=-1).reshape(-1)
+    xp = _array_module(packed)
+    p = xp.asarray(packed).astype(xp.int32)
+    v = xp.stack([p & 0xF, (p >> 4) & 0xF], axis=-1).reshape(-1)
     if signed:
-        v = jnp.where(v >= 8, v - 16, v)
+        v = xp.where(v >= 8, v - 16, v)
     n = math.prod(shape)
-    return v[:n].reshape(tuple(shape)).astype(jnp.int8)
+    return v[:n].reshape(tuple(shape)).astype(xp.int8)
 
 
 @struct.dataclass

@@ -46,22 +46,6 @@ def compression(params: PyTree, nbytes: int) -> float:
     return 4.0 * n / nbytes
 
 
-def _flat(qtree: PyTree) -> dict[str, Any]:
-    leaves = jax.tree_util.tree_flatten_with_path(qtree, is_leaf=is_qarray)[0]
-    return {tree_lib.path_str(kp): x for kp, x in leaves}
-
-
-def _nest(flat: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for path, x in flat.items():
-        node = out
-        *parents, last = path.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = x
-    return out
-
-
 def _qmeta(q: QArray) -> dict[str, Any]:
     return {
         "shape": list(q.shape),
@@ -85,10 +69,6 @@ def _qarray(meta: dict[str, Any], values: Any, scale: Any, zero_point: Any) -> Q
     )
 
 
-def _sds(x: Any) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(tuple(x.shape), np.dtype(x.dtype))
-
-
 def save_quantized(directory: str | os.PathLike, qtree: PyTree) -> int:
     """Saves a tree of QArrays and arrays with orbax; returns its size on disk in bytes.
 
@@ -97,7 +77,7 @@ def save_quantized(directory: str | os.PathLike, qtree: PyTree) -> int:
       qtree: Nested dicts (a linen param tree) with :class:`QArray` and array leaves.
     """
     meta = {}
-    for path, x in _flat(qtree).items():
+    for path, x in tree_lib.flatten(qtree, is_leaf=is_qarray).items():
         if is_qarray(x):
             meta[path] = {
                 "q": _qmeta(x),
@@ -130,7 +110,7 @@ def restore_quantized(directory: str | os.PathLike) -> PyTree:
             flat[path] = _qarray(m["q"], v, s, z)
         else:
             flat[path] = jax.ShapeDtypeStruct(tuple(m["shape"]), np.dtype(m["dtype"]))
-    target = _nest(flat)
+    target = tree_lib.unflatten(flat)
     restored = ckptr.restore(directory, ocp.args.Composite(arrays=ocp.args.StandardRestore(target)))
     return restored["arrays"]
 
@@ -164,7 +144,7 @@ def export_quantized(path: str | os.PathLike, qtree: PyTree, *, encoding: str = 
         offset += len(b)
         return [offset - len(b), len(b)]
 
-    for name, x in _flat(qtree).items():
+    for name, x in tree_lib.flatten(qtree, is_leaf=is_qarray).items():
         if not is_qarray(x):
             a = np.asarray(x)
             header.append({"p": name, "s": list(a.shape), "t": a.dtype.name, "d": add(a)})
@@ -249,7 +229,7 @@ def load_quantized(path: str | os.PathLike, *, dequantized: bool = False) -> PyT
                 )
             else:
                 q = sparse.decode_relative(get(e["v"], np.uint8), e["n"], size, bits=m["bits"])
-            values = np.asarray(pack_int4(q)) if m["bits"] <= 4 else q.reshape(m["shape"])
+            values = pack_int4(q) if m["bits"] <= 4 else q.reshape(m["shape"])
         qa = _qarray(m, values, scale.reshape(stat_shape), zp.reshape(stat_shape))
         flat[e["p"]] = dequantize(qa) if dequantized else qa
-    return _nest(flat)
+    return tree_lib.unflatten(flat)

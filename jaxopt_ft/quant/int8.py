@@ -233,8 +233,8 @@ def int8_apply_fn(
 
     def apply_fn(qvariables: Any, *args: Any, **kwargs: Any) -> Any:
         qparams = qvariables["params"]
-        flat = jax.tree_util.tree_flatten_with_path(qparams, is_leaf=is_qarray)[0]
-        qkernels = {tree_lib.path_str(kp): x for kp, x in flat if is_qarray(x)}
+        flat = tree_lib.flatten(qparams, is_leaf=is_qarray)
+        qkernels = {p: x for p, x in flat.items() if is_qarray(x)}
         # Dequantized params serve layers that stay in float; unused kernels are pruned by XLA.
         params = dequantize_params(qparams)
         interceptor = int8_interceptor(

@@ -10,56 +10,61 @@ Two encodings of a tensor's integers in row-major order, zeros implicit:
   entries ``(15, 0)``, each advancing 16 positions and writing a zero. With int4 values an entry
   is one byte.
 
-Values of 4 bits or fewer are packed two per byte, others take one byte (int8).
+Values of 4 bits or fewer are packed two per byte, others take one byte (int8). The bitmask
+encoding also stores pruned float weights as they are (``bits=None``; used by
+:func:`jaxopt_ft.prune.export_sparse`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from jaxopt_ft.quant.core import pack_int4, unpack_int4
+
 INDEX_BITS = 4
 _MAX_GAP = 2**INDEX_BITS - 1
 
 
-def pack_nibbles(values: np.ndarray) -> np.ndarray:
-    """Packs integers in ``[-8, 15]`` two per byte (first in the low nibble), zero-padded."""
-    v = np.asarray(values).astype(np.int64).ravel() & 0xF
-    if v.size % 2:
-        v = np.append(v, 0)
-    return (v[0::2] | (v[1::2] << 4)).astype(np.uint8)
+def _pack_values(values: np.ndarray, bits: int | None) -> np.ndarray:
+    if bits is None:
+        return values
+    return pack_int4(values) if bits <= 4 else values.astype(np.int8)
 
 
-def unpack_nibbles(packed: np.ndarray, count: int, *, signed: bool) -> np.ndarray:
-    """Inverse of :func:`pack_nibbles`: ``count`` values as int8 (sign-extended if ``signed``)."""
-    p = np.asarray(packed, np.uint8).astype(np.int16)
-    v = np.stack([p & 0xF, p >> 4], axis=-1).ravel()[:count]
-    if signed:
-        v = np.where(v >= 8, v - 16, v)
-    return v.astype(np.int8)
-
-
-def _pack_values(values: np.ndarray, bits: int) -> np.ndarray:
-    return pack_nibbles(values) if bits <= 4 else np.asarray(values).astype(np.int8)
-
-
-def _unpack_values(data: np.ndarray, count: int, bits: int) -> np.ndarray:
+def _unpack_values(data: np.ndarray, count: int, bits: int | None) -> np.ndarray:
+    if bits is None:
+        return np.asarray(data)
     if bits <= 4:
-        return unpack_nibbles(data, count, signed=True)
+        return unpack_int4(np.asarray(data, np.uint8), (count,), signed=True)
     return np.asarray(data).view(np.int8)[:count]
 
 
-def encode_bitmask(q: np.ndarray, *, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Encodes signed integers (``bits`` <= 8) as ``(mask_bytes, value_bytes)``."""
-    flat = np.asarray(q).ravel()
+def encode_bitmask(x: np.ndarray, *, bits: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Encodes ``x`` row-major as ``(mask, values)``: its non-zeros' positions and values.
+
+    The mask holds one bit per entry (``np.packbits`` of ``x != 0``).
+
+    Args:
+      x: Any array. Pruned float weights keep their dtype (``bits=None``).
+      bits: For signed integers of at most 8 bits, their width: up to 4 packs the values two
+        per byte, else they are stored as int8. None stores the values as they are.
+    """
+    flat = np.asarray(x).ravel()
     nz = flat != 0
     return np.packbits(nz), _pack_values(flat[nz], bits)
 
 
-def decode_bitmask(mask: np.ndarray, values: np.ndarray, size: int, *, bits: int) -> np.ndarray:
-    """Inverse of :func:`encode_bitmask`: the flat int8 integers of length ``size``."""
+def decode_bitmask(
+    mask: np.ndarray, values: np.ndarray, size: int, *, bits: int | None = None
+) -> np.ndarray:
+    """Inverse of :func:`encode_bitmask`: the flat array of length ``size``.
+
+    Its dtype is int8 for integers encoded with ``bits``, else the dtype of ``values``.
+    """
     nz = np.unpackbits(np.asarray(mask, np.uint8), count=size).astype(bool)
-    out = np.zeros(size, np.int8)
-    out[nz] = _unpack_values(values, int(nz.sum()), bits)
+    nonzeros = _unpack_values(values, int(nz.sum()), bits)
+    out = np.zeros(size, nonzeros.dtype)
+    out[nz] = nonzeros
     return out
 
 
@@ -87,9 +92,9 @@ def encode_relative(q: np.ndarray, *, bits: int) -> tuple[np.ndarray, int]:
     """
     gaps, vals = relative_entries(q)
     if bits <= 4:
-        data = ((gaps & 0xF) | ((vals & 0xF) << 4)).astype(np.uint8)
+        data = pack_int4(np.stack([gaps, vals], axis=-1))
     else:
-        data = np.concatenate([pack_nibbles(gaps), vals.astype(np.int8).view(np.uint8)])
+        data = np.concatenate([pack_int4(gaps), vals.astype(np.int8).view(np.uint8)])
     return data, int(gaps.size)
 
 
@@ -97,12 +102,12 @@ def decode_relative(data: np.ndarray, entries: int, size: int, *, bits: int) -> 
     """Inverse of :func:`encode_relative`: the flat int8 integers of length ``size``."""
     data = np.asarray(data, np.uint8)
     if bits <= 4:
-        gaps = (data & 0xF).astype(np.int64)
-        vals = (data >> 4).astype(np.int16)
-        vals = np.where(vals >= 8, vals - 16, vals).astype(np.int8)
+        pairs = unpack_int4(data, (entries, 2), signed=True)
+        gaps = pairs[:, 0].astype(np.int64) & 0xF  # gaps are unsigned: undo the sign extension
+        vals = pairs[:, 1]
     else:
         nb = (entries + 1) // 2
-        gaps = unpack_nibbles(data[:nb], entries, signed=False).astype(np.int64)
+        gaps = unpack_int4(data[:nb], (entries,), signed=False).astype(np.int64)
         vals = data[nb : nb + entries].view(np.int8)
     out = np.zeros(size, np.int8)
     pos = np.cumsum(gaps + 1) - 1
