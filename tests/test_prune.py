@@ -78,11 +78,11 @@ def test_layer_masks_exact():
 
 def test_global_masks_exact():
     masks = prune.compute_masks(PARAMS, sparsity=0.5, scope="global")
-    # One threshold over 9 weights: k = round(4.5) = 5 drops 0.1, 0.3, 0.5, 0.7, 1.0.
+    # One threshold over 9 weights: k = round(4.5) = 4 (half to even) drops 0.1, 0.3, 0.5, 0.7.
     assert_masks(
         masks,
         {
-            "dense1": {"bias": [T, T, T], "kernel": [[F, T, F], [F, T, F]]},
+            "dense1": {"bias": [T, T, T], "kernel": [[F, T, T], [F, T, F]]},
             "dense2": {"bias": [T], "kernel": [[T], [T], [F]]},
         },
     )
@@ -96,9 +96,10 @@ def test_ties_break_by_index_within_and_across_leaves():
     assert_masks(glob, {"a": {"kernel": [[F, F], [F, F]]}, "b": {"kernel": [[T, T], [T, T]]}})
 
 
-def test_num_removed_rounds_half_up():
+def test_num_removed_rounds_half_to_even():
     assert prune.num_removed(0.5, 3) == 2
-    assert prune.num_removed(0.25, 10) == 3
+    assert prune.num_removed(0.5, 5) == 2
+    assert prune.num_removed(0.25, 10) == 2
     assert prune.num_removed(0.9, 10) == 9
     assert prune.num_removed(0.0, 10) == 0
 
@@ -252,11 +253,10 @@ def test_exact_sparsity_property(shapes, sparsity, how, seed):
     masks = prune.compute_masks(params, sparsity=sparsity, scope=how[0], distribution=how[1])
     removed = {p: int(np.size(m) - np.sum(m)) for p, m in tree.flatten(masks).items()}
     sizes = {p: int(np.size(x)) for p, x in tree.flatten(params).items()}
-    round_half_up = lambda x: int(np.floor(x + 0.5))
     if how == ("layer", "uniform"):
-        assert removed == {p: round_half_up(sparsity * n) for p, n in sizes.items()}
+        assert removed == {p: round(sparsity * n) for p, n in sizes.items()}
     else:
-        assert sum(removed.values()) == round_half_up(sparsity * sum(sizes.values()))
+        assert sum(removed.values()) == round(sparsity * sum(sizes.values()))
 
 
 @settings(max_examples=15, deadline=None)

@@ -216,6 +216,19 @@ def wrap(
             start = tree.unflatten_like(params, flat)
         return PruneState(count=count, masks=start, inner_state=inner.init(params))
 
+    def scheduled_masks(scores: PyTree, prunable: PyTree, step: jax.Array) -> PyTree:
+        sparsity = schedule.sparsity(step)
+        flat = tree.flatten(scores)
+        shapes = [jnp.shape(flat[p]) for p in masks_lib.prunable_paths(prunable)]
+        kw = {"scope": scope, "distribution": distribution}
+        # The traced sparsity is float32, whose product with a size can round to the other
+        # side of a half; at the final sparsity use the host's exact counts instead.
+        final = allocate._counts(shapes, schedule.final_sparsity, **kw)
+        now = allocate._counts(shapes, sparsity, **kw)
+        at_final = sparsity == jnp.float32(schedule.final_sparsity)
+        counts = [jnp.where(at_final, a, b) for a, b in zip(final, now, strict=True)]
+        return allocate._masks_from_counts(scores, counts, prunable=prunable, scope=scope)
+
     def recompute(params: PyTree, grads: PyTree, state: PruneState) -> PyTree:
         prunable = prunable_of(params)
         step_key = None if key is None else jax.random.fold_in(key, state.count)
@@ -226,13 +239,7 @@ def wrap(
         else:
             # Pruned weights score -inf so masks only shrink while sparsity grows.
             s = tree.map_with_path(lambda p, x: jnp.where(old[p], x, -jnp.inf), s)
-            new = allocate.masks_from_scores(
-                s,
-                sparsity=schedule.sparsity(state.count),
-                prunable=prunable,
-                scope=scope,
-                distribution=distribution,
-            )
+            new = scheduled_masks(s, prunable, state.count)
         new_flat = tree.flatten(new)
         chosen = set(masks_lib.prunable_paths(prunable))
         flat = {p: new_flat[p] if p in chosen else old[p] for p in old}
