@@ -301,6 +301,34 @@ def test_narrow_mlp_lenet_and_resnet_shapes():
     assert _shapes(variables["batch_stats"])["stage2_block1/bn1/mean"] == (5,)
 
 
+def test_vit_mlp_dims_per_block():
+    vit = models.get("vit", hidden=16, depth=2, mlp_dim=32, mlp_dims=(5, 7))
+    p = _shapes(jax.eval_shape(vit.init, KEY, jnp.zeros((1, 8, 8, 1)))["params"])
+    assert p["block1/mlp_dense1/kernel"] == (16, 5)
+    assert p["block2/mlp_dense2/kernel"] == (7, 16)
+    assert models.get("vit", depth=3, mlp_dim=32).block_mlp_dims == (32, 32, 32)
+
+
+def test_unit_groups_and_narrowed_use_the_built_widths():
+    cnn = models.get("cnn", width_mult=0.5)  # built with 13 channels per conv
+    assert [(g.name, g.size) for g in cnn.unit_groups()] == [
+        ("conv1", 13),
+        ("conv2", 13),
+        ("conv3", 13),
+    ]
+    narrow = cnn.narrowed({"conv2": 4})
+    assert (narrow.channels, narrow.width_mult) == ((13, 4, 13), 1.0)
+    assert models.get("mlp", hidden=(8, 8)).narrowed({"hidden": 3}).hidden == (3, 3)
+    lenet = models.get("lenet5", channels=(4, 8), hidden=(12, 8)).narrowed({"dense1": 5})
+    assert (lenet.channels, lenet.hidden) == ((4, 8), (5, 8))
+    resnet = models.get("resnet", stage_widths=(4, 8))
+    assert resnet.narrowed({"stage2_block1/conv1": 2}).inner_widths == (4, 2)
+    vit = models.get("vit", depth=2, mlp_dim=16)
+    assert vit.narrowed({"block2/mlp": 5}).block_mlp_dims == (16, 5)
+    with pytest.raises(ValueError, match=r"CNN1D has no unit groups \['conv9'\].*Fix"):
+        cnn.narrowed({"conv9": 1})
+
+
 def test_resnet_batch_stats_update_in_train_mode_only():
     model = models.get("resnet", stage_widths=(4, 8))
     x = _inputs((4, 8, 8, 3)) * 3.0 + 1.0
@@ -361,6 +389,7 @@ def test_unknown_kwarg_names_it_and_the_accepted_fields():
         ("resnet", {"stem_width": -1}, r"resnet\.stem_width=-1"),
         ("vit", {"hidden": 30, "num_heads": 4}, "num_heads"),
         ("vit", {"pool": "max"}, "Accepted: cls, mean"),
+        ("vit", {"mlp_dims": (4,)}, "one width per block"),
         ("vit", {"depth": True}, r"vit\.depth=True"),
     ],
 )

@@ -6,10 +6,12 @@ for spatial position ``p`` and channel ``c`` is ``p * channels + c``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import flax.linen as nn
 import jax
 
-from jaxopt_ft.models import _checks
+from jaxopt_ft.models import _checks, _structure
 
 
 class LeNet300(nn.Module):
@@ -30,6 +32,15 @@ class LeNet300(nn.Module):
         _checks.check_widths("lenet300", "hidden", self.hidden)
         _checks.check_positive_int("lenet300", "num_classes", self.num_classes)
         super().__post_init__()
+
+    def unit_groups(self) -> tuple[_structure.UnitGroup, ...]:
+        """Each hidden layer ``dense{i}``, consumed by the next one (the last by the head)."""
+        names = [f"dense{i + 1}" for i in range(len(self.hidden))]
+        return tuple(_structure.chain(names, self.hidden, "hidden", "head"))
+
+    def narrowed(self, sizes: Mapping[str, int]) -> LeNet300:
+        """This LeNet-300-100 with groups ``{name: width}`` narrowed."""
+        return _structure.narrowed(self, sizes, {"hidden": self.hidden})
 
     @nn.compact
     def __call__(
@@ -69,6 +80,23 @@ class LeNet5(nn.Module):
         _checks.check_widths("lenet5", "hidden", self.hidden, allow_empty=True)
         _checks.check_positive_int("lenet5", "num_classes", self.num_classes)
         super().__post_init__()
+
+    def unit_groups(self) -> tuple[_structure.UnitGroup, ...]:
+        """Each conv ``conv{i}`` and hidden Dense ``dense{i}``.
+
+        The last conv feeds the first Dense after the flatten, where channel ``c`` owns the
+        rows ``p * channels + c``.
+        """
+        convs = [f"conv{i + 1}" for i in range(len(self.channels))]
+        denses = [f"dense{i + 1}" for i in range(len(self.hidden))]
+        after_convs = denses[0] if denses else "head"
+        groups = _structure.chain(convs, self.channels, "channels", after_convs)
+        return tuple(groups + _structure.chain(denses, self.hidden, "hidden", "head"))
+
+    def narrowed(self, sizes: Mapping[str, int]) -> LeNet5:
+        """This LeNet-5 with groups ``{name: width}`` narrowed."""
+        widths = {"channels": self.channels, "hidden": self.hidden}
+        return _structure.narrowed(self, sizes, widths)
 
     @nn.compact
     def __call__(

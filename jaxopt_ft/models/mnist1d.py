@@ -10,10 +10,12 @@ row for position ``p`` and channel ``c`` is ``p * channels + c``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import flax.linen as nn
 import jax
 
-from jaxopt_ft.models import _checks
+from jaxopt_ft.models import _checks, _structure
 
 
 class Logistic(nn.Module):
@@ -80,6 +82,31 @@ class MLP(nn.Module):
         """The hidden widths after ``width_mult``: the kernels' output sizes."""
         return _checks.scale_widths(self.hidden, self.width_mult)
 
+    def unit_groups(self) -> tuple[_structure.UnitGroup, ...]:
+        """Each hidden layer ``dense{i}``; with ``residual=True`` one group ``hidden``.
+
+        The skip connections add every hidden layer into one stream, so a residual MLP
+        removes a unit from all hidden layers at once.
+        """
+        widths = self.effective_hidden
+        names = [f"dense{i + 1}" for i in range(len(widths))]
+        if not (self.residual and len(widths) > 1):
+            return tuple(_structure.chain(names, widths, "hidden", "head"))
+        group = _structure.UnitGroup(
+            name="hidden",
+            size=widths[0],
+            producers=tuple(f"{n}/{leaf}" for n in names for leaf in ("kernel", "bias")),
+            stats=(),
+            consumers=tuple(f"{n}/kernel" for n in [*names[1:], "head"]),
+            field="hidden",
+            index=None,
+        )
+        return (group,)
+
+    def narrowed(self, sizes: Mapping[str, int]) -> MLP:
+        """This MLP with groups ``{name: width}`` narrowed (``width_mult`` folded in)."""
+        return _structure.narrowed(self, sizes, {"hidden": self.effective_hidden}, width_mult=1.0)
+
     @nn.compact
     def __call__(
         self, x: jax.Array, *, train: bool = False, features_only: bool = False
@@ -123,6 +150,19 @@ class CNN1D(nn.Module):
     def effective_channels(self) -> tuple[int, ...]:
         """The channel counts after ``width_mult``: the kernels' output sizes."""
         return _checks.scale_widths(self.channels, self.width_mult)
+
+    def unit_groups(self) -> tuple[_structure.UnitGroup, ...]:
+        """Each conv ``conv{i}``; the last feeds the head, where channel ``c`` owns the
+        rows ``p * channels + c``."""
+        widths = self.effective_channels
+        names = [f"conv{i + 1}" for i in range(len(widths))]
+        return tuple(_structure.chain(names, widths, "channels", "head"))
+
+    def narrowed(self, sizes: Mapping[str, int]) -> CNN1D:
+        """This CNN with groups ``{name: width}`` narrowed (``width_mult`` folded in)."""
+        return _structure.narrowed(
+            self, sizes, {"channels": self.effective_channels}, width_mult=1.0
+        )
 
     @nn.compact
     def __call__(

@@ -14,11 +14,13 @@ BatchNorm statistics live in the ``batch_stats`` collection; call with ``train=T
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxopt_ft.models import _checks
+from jaxopt_ft.models import _checks, _structure
 
 _BN_MOMENTUM = 0.9
 _BN_EPSILON = 1e-5
@@ -112,6 +114,47 @@ class ResNet(nn.Module):
             return (self.blocks_per_stage,) * len(self.stage_widths)
         return tuple(self.blocks_per_stage)
 
+    @property
+    def block_names(self) -> tuple[str, ...]:
+        """``stage{s}_block{b}`` for every block, in forward order."""
+        return tuple(
+            f"stage{s + 1}_block{b + 1}" for s, n in enumerate(self.stage_blocks) for b in range(n)
+        )
+
+    @property
+    def block_inner_widths(self) -> tuple[int, ...]:
+        """The ``conv1`` width of every block, in block order."""
+        if self.inner_widths is not None:
+            return tuple(self.inner_widths)
+        return tuple(
+            w for w, n in zip(self.stage_widths, self.stage_blocks, strict=True) for _ in range(n)
+        )
+
+    def unit_groups(self) -> tuple[_structure.UnitGroup, ...]:
+        """The inner channels of every block: ``conv1`` with ``bn1``, consumed by ``conv2``.
+
+        Residual adds tie the stem, ``conv2`` and projection outputs of a stage together, so
+        those stream channels are not groups.
+        """
+        return tuple(
+            _structure.UnitGroup(
+                name=f"{blk}/conv1",
+                size=width,
+                producers=(f"{blk}/conv1/kernel", f"{blk}/bn1/scale", f"{blk}/bn1/bias"),
+                stats=(f"{blk}/bn1/mean", f"{blk}/bn1/var"),
+                consumers=(f"{blk}/conv2/kernel",),
+                field="inner_widths",
+                index=i,
+            )
+            for i, (blk, width) in enumerate(
+                zip(self.block_names, self.block_inner_widths, strict=True)
+            )
+        )
+
+    def narrowed(self, sizes: Mapping[str, int]) -> ResNet:
+        """This ResNet with blocks' inner widths ``{group name: width}`` narrowed."""
+        return _structure.narrowed(self, sizes, {"inner_widths": self.block_inner_widths})
+
     @nn.compact
     def __call__(
         self, x: jax.Array, *, train: bool = False, features_only: bool = False
@@ -133,14 +176,11 @@ class ResNet(nn.Module):
             name="stem_bn",
         )(h)
         h = nn.relu(h)
-        index = 0
+        names, inner = iter(self.block_names), iter(self.block_inner_widths)
         for s, (width, blocks) in enumerate(zip(self.stage_widths, self.stage_blocks, strict=True)):
             for b in range(blocks):
-                inner = width if self.inner_widths is None else self.inner_widths[index]
                 stride = 2 if s > 0 and b == 0 else 1
-                block = BasicBlock(width, inner, stride, name=f"stage{s + 1}_block{b + 1}")
-                h = block(h, train=train)
-                index += 1
+                h = BasicBlock(width, next(inner), stride, name=next(names))(h, train=train)
         h = jnp.mean(h, axis=(1, 2))
         if features_only:
             return h

@@ -12,11 +12,13 @@ image size the model is initialised with.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxopt_ft.models import _checks
+from jaxopt_ft.models import _checks, _structure
 
 _POOLS = ("cls", "mean")
 
@@ -54,6 +56,8 @@ class ViT(nn.Module):
         depth: Number of encoder blocks, named ``block1``, ``block2``, ...
         num_heads: Attention heads per block; must divide ``hidden``.
         mlp_dim: Hidden width of each block's MLP.
+        mlp_dims: Hidden width of every block's MLP, in block order (what unit pruning
+            narrows); None means ``mlp_dim`` for every block.
         pool: ``"cls"`` reads a learned class token, ``"mean"`` averages the patch tokens.
         num_classes: Number of output logits.
     """
@@ -63,6 +67,7 @@ class ViT(nn.Module):
     depth: int = 2
     num_heads: int = 4
     mlp_dim: int = 128
+    mlp_dims: tuple[int, ...] | None = None
     pool: str = "cls"
     num_classes: int = 10
 
@@ -74,12 +79,47 @@ class ViT(nn.Module):
                 f"vit.hidden={self.hidden} does not divide into num_heads={self.num_heads} "
                 "heads. Fix: choose num_heads that divides hidden, e.g. hidden=64, num_heads=4."
             )
+        if self.mlp_dims is not None:
+            _checks.check_widths("vit", "mlp_dims", self.mlp_dims)
+            if len(self.mlp_dims) != self.depth:
+                raise ValueError(
+                    f"vit.mlp_dims has {len(self.mlp_dims)} entries but depth={self.depth}. "
+                    "Fix: give one width per block, or None."
+                )
         if self.pool not in _POOLS:
             raise ValueError(
                 f"vit.pool={self.pool!r} is unknown. Accepted: {', '.join(_POOLS)}. "
                 "Fix: pass pool='cls' or pool='mean'."
             )
         super().__post_init__()
+
+    @property
+    def block_mlp_dims(self) -> tuple[int, ...]:
+        """The MLP hidden width of every block, in block order."""
+        return (self.mlp_dim,) * self.depth if self.mlp_dims is None else tuple(self.mlp_dims)
+
+    def unit_groups(self) -> tuple[_structure.UnitGroup, ...]:
+        """The MLP hidden units of every block (``block{i}/mlp``).
+
+        ``mlp_dense1`` produces them (GELU keeps 0 at 0), ``mlp_dense2`` consumes them.
+        Attention heads and the token width are not groups.
+        """
+        return tuple(
+            _structure.UnitGroup(
+                name=f"block{i + 1}/mlp",
+                size=width,
+                producers=(f"block{i + 1}/mlp_dense1/kernel", f"block{i + 1}/mlp_dense1/bias"),
+                stats=(),
+                consumers=(f"block{i + 1}/mlp_dense2/kernel",),
+                field="mlp_dims",
+                index=i,
+            )
+            for i, width in enumerate(self.block_mlp_dims)
+        )
+
+    def narrowed(self, sizes: Mapping[str, int]) -> ViT:
+        """This ViT with blocks' MLP widths ``{group name: width}`` narrowed."""
+        return _structure.narrowed(self, sizes, {"mlp_dims": self.block_mlp_dims})
 
     @nn.compact
     def __call__(
@@ -113,8 +153,8 @@ class ViT(nn.Module):
             "pos_embed", nn.initializers.normal(stddev=0.02), (1, h.shape[1], self.hidden)
         )
         h = h + pos
-        for i in range(self.depth):
-            h = EncoderBlock(self.num_heads, self.mlp_dim, name=f"block{i + 1}")(h)
+        for i, mlp_dim in enumerate(self.block_mlp_dims):
+            h = EncoderBlock(self.num_heads, mlp_dim, name=f"block{i + 1}")(h)
         h = nn.LayerNorm(name="final_ln")(h)
         h = h[:, 0] if self.pool == "cls" else jnp.mean(h, axis=1)
         if features_only:

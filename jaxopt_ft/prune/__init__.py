@@ -56,9 +56,7 @@ from jaxopt_ft.prune.scores import (
 )
 from jaxopt_ft.prune.structured import (
     Compacted,
-    UnitGroup,
     compact,
-    group_names,
     structured_masks,
     structured_sparsity,
     unit_groups,
@@ -76,7 +74,6 @@ __all__ = [
     "DEFAULT_RULES",
     "PruneState",
     "SparsitySchedule",
-    "UnitGroup",
     "apply_masks",
     "check_masks",
     "check_sparsity",
@@ -88,7 +85,6 @@ __all__ = [
     "find_masks",
     "find_states",
     "format_summary",
-    "group_names",
     "iterative_sparsities",
     "layer_densities",
     "load_sparse",
