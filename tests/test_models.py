@@ -301,6 +301,40 @@ def test_narrow_mlp_lenet_and_resnet_shapes():
     assert _shapes(variables["batch_stats"])["stage2_block1/bn1/mean"] == (5,)
 
 
+@pytest.mark.parametrize("name, kwargs, shape", SMALL_CASES, ids=SMALL_IDS)
+def test_layer_order_lists_every_weight_layer_once(name, kwargs, shape):
+    model = models.get(name, **kwargs)
+    params = jax.eval_shape(model.init, KEY, jnp.zeros(shape))["params"]
+    kernels = [k for k in _shapes(params) if k.endswith("/kernel")]
+    order = model.layer_order()
+    assert sorted(order) == sorted(k.removesuffix("/kernel") for k in kernels)
+    assert order[-1] == "head"
+
+
+def test_layer_order_is_forward_order():
+    resnet = models.get("resnet", stage_widths=(4, 8), blocks_per_stage=(2, 1), stem_width=3)
+    assert resnet.layer_order() == (
+        "stem_conv",
+        "stage1_block1/conv1",
+        "stage1_block1/conv2",
+        "stage1_block1/proj_conv",  # the stem is narrower than the stage
+        "stage1_block2/conv1",
+        "stage1_block2/conv2",
+        "stage2_block1/conv1",
+        "stage2_block1/conv2",
+        "stage2_block1/proj_conv",
+        "head",
+    )
+    params = jax.eval_shape(resnet.init, KEY, jnp.zeros((1, 8, 8, 1)))["params"]
+    kernels = {k.removesuffix("/kernel") for k in _shapes(params) if k.endswith("/kernel")}
+    assert set(resnet.layer_order()) == kernels
+    lenet = models.get("lenet5", hidden=(7,))
+    assert lenet.layer_order() == ("conv1", "conv2", "dense1", "head")
+    vit = models.get("vit", depth=1).layer_order()
+    assert vit[:3] == ("patch_embed", "block1/attn/query", "block1/attn/key")
+    assert vit[-3:] == ("block1/mlp_dense1", "block1/mlp_dense2", "head")
+
+
 def test_vit_mlp_dims_per_block():
     vit = models.get("vit", hidden=16, depth=2, mlp_dim=32, mlp_dims=(5, 7))
     p = _shapes(jax.eval_shape(vit.init, KEY, jnp.zeros((1, 8, 8, 1)))["params"])

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxopt_ft import prune, tree
+from jaxopt_ft import models, prune, tree
 
 # |kernel| in leaf order: dense1 = [0.5, 2, 1, 0.1, 3, 0.7], dense2 = [4, 2.5, 0.3].
 PARAMS = {
@@ -42,11 +42,37 @@ def test_select_prunable_default_kernels_only():
     }
 
 
-def test_select_prunable_excludes_first_and_last():
-    first = prune.select_prunable(PARAMS, exclude_first=True)
+def test_select_prunable_excludes_first_and_last_in_layer_order():
+    order = ("dense1", "dense2")
+    first = prune.select_prunable(PARAMS, exclude_first=True, layer_order=order)
     assert prune.prunable_paths(first) == ["dense2/kernel"]
-    last = prune.select_prunable(PARAMS, exclude_last=True)
+    last = prune.select_prunable(PARAMS, exclude_last=True, layer_order=order)
     assert prune.prunable_paths(last) == ["dense1/kernel"]
+    # The declared order decides, not the sorted leaf order; a layer's biases go with it.
+    both = prune.select_prunable(
+        PARAMS, [(".*", True)], exclude_first=True, layer_order=order[::-1]
+    )
+    assert prune.prunable_paths(both) == ["dense1/bias", "dense1/kernel"]
+
+
+def test_resnet_exclude_first_and_last_are_stem_and_head():
+    model = models.get("resnet", stage_widths=(4, 8))
+    params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+    assert prune.prunable_paths(prune.select_prunable(params))[0] == "head/kernel"  # sorted
+    chosen = prune.select_prunable(
+        params, exclude_first=True, exclude_last=True, layer_order=model.layer_order()
+    )
+    kernels = [p for p in tree.paths(params) if p.endswith("kernel")]
+    assert set(kernels) - set(prune.prunable_paths(chosen)) == {"stem_conv/kernel", "head/kernel"}
+
+
+def test_exclude_without_layer_order_or_uncovered_leaves_are_value_errors():
+    with pytest.raises(ValueError, match=r"need the model's forward layer order.*Fix: pass"):
+        prune.select_prunable(PARAMS, exclude_first=True)
+    with pytest.raises(ValueError, match=r"does not cover the prunable leaves \['dense2/kernel'\]"):
+        prune.select_prunable(PARAMS, exclude_last=True, layer_order=("dense1",))
+    with pytest.raises(TypeError, match="sequence of layer paths"):
+        prune.select_prunable(PARAMS, exclude_last=True, layer_order="dense1")
 
 
 def test_select_prunable_rules():

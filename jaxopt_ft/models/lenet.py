@@ -33,6 +33,10 @@ class LeNet300(nn.Module):
         _checks.check_positive_int("lenet300", "num_classes", self.num_classes)
         super().__post_init__()
 
+    def layer_order(self) -> tuple[str, ...]:
+        """The weight layers in forward order: ``dense1``, ``dense2``, ..., ``head``."""
+        return (*(f"dense{i + 1}" for i in range(len(self.hidden))), "head")
+
     def unit_groups(self) -> tuple[_structure.UnitGroup, ...]:
         """Each hidden layer ``dense{i}``, consumed by the next one (the last by the head)."""
         names = [f"dense{i + 1}" for i in range(len(self.hidden))]
@@ -80,6 +84,11 @@ class LeNet5(nn.Module):
         _checks.check_widths("lenet5", "hidden", self.hidden, allow_empty=True)
         _checks.check_positive_int("lenet5", "num_classes", self.num_classes)
         super().__post_init__()
+
+    def layer_order(self) -> tuple[str, ...]:
+        """The weight layers in forward order: the convs, the hidden Dense layers, ``head``."""
+        convs = [f"conv{i + 1}" for i in range(len(self.channels))]
+        return (*convs, *(f"dense{i + 1}" for i in range(len(self.hidden))), "head")
 
     def unit_groups(self) -> tuple[_structure.UnitGroup, ...]:
         """Each conv ``conv{i}`` and hidden Dense ``dense{i}``.

@@ -33,6 +33,10 @@ class Logistic(nn.Module):
         _checks.check_positive_int("logistic", "num_classes", self.num_classes)
         super().__post_init__()
 
+    def layer_order(self) -> tuple[str, ...]:
+        """The weight layers in forward order: the head alone."""
+        return ("head",)
+
     @nn.compact
     def __call__(
         self, x: jax.Array, *, train: bool = False, features_only: bool = False
@@ -81,6 +85,10 @@ class MLP(nn.Module):
     def effective_hidden(self) -> tuple[int, ...]:
         """The hidden widths after ``width_mult``: the kernels' output sizes."""
         return _checks.scale_widths(self.hidden, self.width_mult)
+
+    def layer_order(self) -> tuple[str, ...]:
+        """The weight layers in forward order: ``dense1``, ``dense2``, ..., ``head``."""
+        return (*(f"dense{i + 1}" for i in range(len(self.hidden))), "head")
 
     def unit_groups(self) -> tuple[_structure.UnitGroup, ...]:
         """Each hidden layer ``dense{i}``; with ``residual=True`` one group ``hidden``.
@@ -150,6 +158,10 @@ class CNN1D(nn.Module):
     def effective_channels(self) -> tuple[int, ...]:
         """The channel counts after ``width_mult``: the kernels' output sizes."""
         return _checks.scale_widths(self.channels, self.width_mult)
+
+    def layer_order(self) -> tuple[str, ...]:
+        """The weight layers in forward order: ``conv1``, ``conv2``, ..., ``head``."""
+        return (*(f"conv{i + 1}" for i in range(len(self.channels))), "head")
 
     def unit_groups(self) -> tuple[_structure.UnitGroup, ...]:
         """Each conv ``conv{i}``; the last feeds the head, where channel ``c`` owns the

@@ -130,6 +130,27 @@ class ResNet(nn.Module):
             w for w, n in zip(self.stage_widths, self.stage_blocks, strict=True) for _ in range(n)
         )
 
+    def layer_order(self) -> tuple[str, ...]:
+        """The weight layers in forward order: ``stem_conv``, each block's ``conv1``,
+        ``conv2`` and (where the block projects its skip) ``proj_conv``, then ``head``.
+
+        Leaf order sorts ``head`` first and ``stem_conv`` after the stages; this is the order
+        in which the layers run.
+        """
+        order = ["stem_conv"]
+        width = self.stage_widths[0] if self.stem_width is None else self.stem_width
+        names = iter(self.block_names)
+        for s, (stage_width, blocks) in enumerate(
+            zip(self.stage_widths, self.stage_blocks, strict=True)
+        ):
+            for b in range(blocks):
+                name = next(names)
+                order += [f"{name}/conv1", f"{name}/conv2"]
+                if (s > 0 and b == 0) or width != stage_width:
+                    order.append(f"{name}/proj_conv")
+                width = stage_width
+        return (*order, "head")
+
     def unit_groups(self) -> tuple[_structure.UnitGroup, ...]:
         """The inner channels of every block: ``conv1`` with ``bn1``, consumed by ``conv2``.
 

@@ -98,6 +98,23 @@ class ViT(nn.Module):
         """The MLP hidden width of every block, in block order."""
         return (self.mlp_dim,) * self.depth if self.mlp_dims is None else tuple(self.mlp_dims)
 
+    def layer_order(self) -> tuple[str, ...]:
+        """The weight layers in forward order: ``patch_embed``, each block's attention
+        projections and MLP, then ``head`` (norms and embeddings are not weight layers)."""
+        blocks = [
+            f"block{i + 1}/{layer}"
+            for i in range(self.depth)
+            for layer in (
+                "attn/query",
+                "attn/key",
+                "attn/value",
+                "attn/out",
+                "mlp_dense1",
+                "mlp_dense2",
+            )
+        ]
+        return ("patch_embed", *blocks, "head")
+
     def unit_groups(self) -> tuple[_structure.UnitGroup, ...]:
         """The MLP hidden units of every block (``block{i}/mlp``).
 

@@ -3,7 +3,7 @@
 Masks are bool pytrees with exactly the params' structure (True = keep). The usual flow::
 
   tx = prune.wrap(optax.adam(1e-3), sparsity=0.9, begin_step=1000, end_step=5000,
-                  frequency=100, exclude_first=True)
+                  frequency=100)
   ...train...
   params = prune.finalize(params, prune.find_masks(opt_state))
   print(prune.format_summary(prune.summary(params, prune.nonzero_masks(params))))
