@@ -53,6 +53,10 @@ def _inputs(shape, seed=1):
     return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, dtype=np.float32))
 
 
+def _flat(variables):
+    return {"/".join(k): v for k, v in traverse_util.flatten_dict(variables["params"]).items()}
+
+
 def _shapes(tree):
     return {"/".join(k): v.shape for k, v in traverse_util.flatten_dict(tree).items()}
 
@@ -60,7 +64,7 @@ def _shapes(tree):
 def test_names_and_registry():
     assert models.NAMES == ("logistic", "mlp", "cnn", "lenet300", "lenet5", "resnet", "vit")
     assert isinstance(models.get("cnn"), models.CNN1D)
-    assert models.fields("cnn") == ("channels", "width_mult", "num_classes")
+    assert models.fields("cnn") == ("channels", "width_mult", "num_classes", "initializer")
     for name in models.NAMES:
         assert "num_classes" in models.fields(name)
         assert models.get(name).num_classes == 10
@@ -335,6 +339,57 @@ def test_layer_order_is_forward_order():
     assert vit[-3:] == ("block1/mlp_dense1", "block1/mlp_dense2", "head")
 
 
+def _assert_torch_uniform(x, fan_in, *, deciles=False):
+    """Entries of ``x`` within PyTorch's ``1/sqrt(fan_in)`` bound and reaching close to it."""
+    x, bound = np.asarray(x).ravel(), 1.0 / np.sqrt(fan_in)
+    assert np.abs(x).max() <= bound
+    assert np.abs(x).max() > 0.9 * bound
+    if deciles:  # uniform: each tenth of [-bound, bound] holds a tenth, within 5 std errors
+        counts, _ = np.histogram(x, bins=10, range=(-bound, bound))
+        np.testing.assert_allclose(counts / x.size, 0.1, atol=5 * np.sqrt(0.09 / x.size))
+
+
+def test_torch_initializer_dense_and_conv():
+    mlp = models.get("lenet300", hidden=(500,), initializer="torch")
+    p = jax.jit(mlp.init)(FAST_KEY, jnp.zeros((1, 20, 20)))["params"]
+    _assert_torch_uniform(p["dense1"]["kernel"], 400, deciles=True)  # 400 x 500 weights
+    _assert_torch_uniform(p["dense1"]["bias"], 400)
+    _assert_torch_uniform(p["head"]["kernel"], 500)
+    cnn = models.get("lenet5", channels=(6, 64), hidden=(), initializer="torch")
+    p = jax.jit(cnn.init)(FAST_KEY, jnp.zeros((1, 8, 8, 1)))["params"]
+    _assert_torch_uniform(p["conv1"]["kernel"], 5 * 5 * 1)
+    _assert_torch_uniform(p["conv2"]["kernel"], 5 * 5 * 6, deciles=True)  # 9,600 weights
+    _assert_torch_uniform(p["conv2"]["bias"], 5 * 5 * 6)
+    one_d = models.get("cnn", channels=(32, 32, 32), initializer="torch")
+    p = jax.jit(one_d.init)(FAST_KEY, jnp.zeros((1, 40)))["params"]
+    _assert_torch_uniform(p["conv2"]["kernel"], 3 * 32)
+    _assert_torch_uniform(p["head"]["kernel"], 5 * 32)
+    # flax's defaults differ: lecun-normal kernels exceed the bound, biases start at zero.
+    p = jax.jit(models.get("lenet300", hidden=(500,)).init)(FAST_KEY, jnp.zeros((1, 20, 20)))
+    assert np.abs(p["params"]["dense1"]["kernel"]).max() > 1.0 / np.sqrt(400)
+    assert not np.any(p["params"]["dense1"]["bias"])
+
+
+def test_torch_initializer_leaves_norms_and_embeddings_alone():
+    def init(name, **kw):
+        shape = (1, 8, 8, 1)
+        return jax.jit(models.get(name, **kw).init)(FAST_KEY, jnp.zeros(shape))
+
+    flax_vit, torch_vit = init("vit", depth=1), init("vit", depth=1, initializer="torch")
+    for path in ("pos_embed", "cls_token", "block1/ln1/scale", "final_ln/bias"):
+        np.testing.assert_array_equal(_flat(flax_vit)[path], _flat(torch_vit)[path])
+    _assert_torch_uniform(_flat(torch_vit)["block1/attn/query/kernel"], 64)
+    _assert_torch_uniform(_flat(torch_vit)["block1/attn/out/bias"], 64)
+    _assert_torch_uniform(_flat(torch_vit)["block1/mlp_dense2/kernel"], 128)
+    _assert_torch_uniform(_flat(torch_vit)["patch_embed/kernel"], 4 * 4 * 1)
+    torch_resnet = init("resnet", stage_widths=(4, 8), initializer="torch")
+    flax_resnet = init("resnet", stage_widths=(4, 8))
+    for path in ("stem_bn/scale", "stage2_block1/bn1/bias", "stage2_block1/proj_bn/scale"):
+        np.testing.assert_array_equal(_flat(flax_resnet)[path], _flat(torch_resnet)[path])
+    _assert_torch_uniform(_flat(torch_resnet)["stage2_block1/conv2/kernel"], 3 * 3 * 8)
+    _assert_torch_uniform(_flat(torch_resnet)["stage2_block1/proj_conv/kernel"], 4)
+
+
 def test_vit_mlp_dims_per_block():
     vit = models.get("vit", hidden=16, depth=2, mlp_dim=32, mlp_dims=(5, 7))
     p = _shapes(jax.eval_shape(vit.init, KEY, jnp.zeros((1, 8, 8, 1)))["params"])
@@ -424,6 +479,12 @@ def test_unknown_kwarg_names_it_and_the_accepted_fields():
         ("vit", {"hidden": 30, "num_heads": 4}, "num_heads"),
         ("vit", {"pool": "max"}, "Accepted: cls, mean"),
         ("vit", {"mlp_dims": (4,)}, "one width per block"),
+        (
+            "cnn",
+            {"initializer": "xavier"},
+            r"cnn\.initializer='xavier' is unknown\. Accepted: flax, torch",
+        ),
+        ("resnet", {"initializer": None}, r"resnet\.initializer=None is unknown"),
         ("vit", {"depth": True}, r"vit\.depth=True"),
     ],
 )

@@ -10,12 +10,13 @@ row for position ``p`` and channel ``c`` is ``p * channels + c``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import flax.linen as nn
 import jax
 
-from jaxopt_ft.models import _checks, _structure
+from jaxopt_ft.models import _checks, _initializers, _structure
 
 
 class Logistic(nn.Module):
@@ -25,12 +26,16 @@ class Logistic(nn.Module):
 
     Attributes:
         num_classes: Number of output logits.
+        initializer: ``"flax"`` (flax's layer defaults) or ``"torch"`` (PyTorch's defaults
+            for Linear and Conv: weights and biases ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``).
     """
 
     num_classes: int = 10
+    initializer: str = "flax"
 
     def __post_init__(self) -> None:
         _checks.check_positive_int("logistic", "num_classes", self.num_classes)
+        _initializers.check("logistic", self.initializer)
         super().__post_init__()
 
     def layer_order(self) -> tuple[str, ...]:
@@ -43,10 +48,11 @@ class Logistic(nn.Module):
     ) -> jax.Array:
         """Returns logits (B, num_classes), or the flattened input when ``features_only``."""
         del train
+        init_for = functools.partial(_initializers.layer, self.initializer)
         h = x.reshape(x.shape[0], -1)
         if features_only:
             return h
-        return nn.Dense(self.num_classes, name="head")(h)
+        return nn.Dense(self.num_classes, name="head", **init_for(h.shape[-1]))(h)
 
 
 class MLP(nn.Module):
@@ -61,17 +67,21 @@ class MLP(nn.Module):
         residual: Add a skip connection around every hidden layer after the first.
         width_mult: Multiplies every hidden width (rounded half up, at least 1).
         num_classes: Number of output logits.
+        initializer: ``"flax"`` (flax's layer defaults) or ``"torch"`` (PyTorch's defaults
+            for Linear and Conv: weights and biases ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``).
     """
 
     hidden: tuple[int, ...] = (100, 100)
     residual: bool = True
     width_mult: float = 1.0
     num_classes: int = 10
+    initializer: str = "flax"
 
     def __post_init__(self) -> None:
         _checks.check_widths("mlp", "hidden", self.hidden)
         _checks.check_width_mult("mlp", self.width_mult)
         _checks.check_positive_int("mlp", "num_classes", self.num_classes)
+        _initializers.check("mlp", self.initializer)
         widths = self.effective_hidden
         if self.residual and len(set(widths)) > 1:
             raise ValueError(
@@ -121,13 +131,14 @@ class MLP(nn.Module):
     ) -> jax.Array:
         """Returns logits (B, num_classes), or the last hidden layer when ``features_only``."""
         del train
+        init_for = functools.partial(_initializers.layer, self.initializer)
         h = x.reshape(x.shape[0], -1)
         for i, width in enumerate(self.effective_hidden):
-            out = nn.relu(nn.Dense(width, name=f"dense{i + 1}")(h))
+            out = nn.relu(nn.Dense(width, name=f"dense{i + 1}", **init_for(h.shape[-1]))(h))
             h = h + out if self.residual and i > 0 else out
         if features_only:
             return h
-        return nn.Dense(self.num_classes, name="head")(h)
+        return nn.Dense(self.num_classes, name="head", **init_for(h.shape[-1]))(h)
 
 
 class CNN1D(nn.Module):
@@ -142,16 +153,20 @@ class CNN1D(nn.Module):
         channels: Output channels of ``conv1``, ``conv2``, ... (one conv per entry).
         width_mult: Multiplies every channel count (rounded half up, at least 1).
         num_classes: Number of output logits.
+        initializer: ``"flax"`` (flax's layer defaults) or ``"torch"`` (PyTorch's defaults
+            for Linear and Conv: weights and biases ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``).
     """
 
     channels: tuple[int, ...] = (25, 25, 25)
     width_mult: float = 1.0
     num_classes: int = 10
+    initializer: str = "flax"
 
     def __post_init__(self) -> None:
         _checks.check_widths("cnn", "channels", self.channels)
         _checks.check_width_mult("cnn", self.width_mult)
         _checks.check_positive_int("cnn", "num_classes", self.num_classes)
+        _initializers.check("cnn", self.initializer)
         super().__post_init__()
 
     @property
@@ -188,12 +203,14 @@ class CNN1D(nn.Module):
             features_only: Return the (B, L' * channels[-1]) features instead of logits.
         """
         del train
+        init_for = functools.partial(_initializers.layer, self.initializer)
         h = _checks.as_sequence("cnn", x)
         for i, width in enumerate(self.effective_channels):
             kernel = 5 if i == 0 else 3
-            conv = nn.Conv(width, (kernel,), strides=(2,), padding=((1, 1),), name=f"conv{i + 1}")
+            init = init_for(kernel * h.shape[-1])
+            conv = nn.Conv(width, (kernel,), (2,), ((1, 1),), name=f"conv{i + 1}", **init)
             h = nn.relu(conv(h))
         h = h.reshape(h.shape[0], -1)
         if features_only:
             return h
-        return nn.Dense(self.num_classes, name="head")(h)
+        return nn.Dense(self.num_classes, name="head", **init_for(h.shape[-1]))(h)

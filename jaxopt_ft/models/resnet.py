@@ -14,13 +14,14 @@ BatchNorm statistics live in the ``batch_stats`` collection; call with ``train=T
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxopt_ft.models import _checks, _structure
+from jaxopt_ft.models import _checks, _initializers, _structure
 
 _BN_MOMENTUM = 0.9
 _BN_EPSILON = 1e-5
@@ -36,26 +37,34 @@ class BasicBlock(nn.Module):
         width: Output channels (the residual stream's width).
         inner_width: Output channels of ``conv1``, the block's prunable inner width.
         stride: Spatial stride of ``conv1`` and of the projection.
+        initializer: ``"flax"`` or ``"torch"`` conv initializers (see :class:`ResNet`).
     """
 
     width: int
     inner_width: int
     stride: int = 1
+    initializer: str = "flax"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """Applies the block to an NHWC batch."""
+        init_for = functools.partial(_initializers.layer, self.initializer)
         norm = lambda name: nn.BatchNorm(
             use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, name=name
         )
         strides = (self.stride, self.stride)
-        h = nn.Conv(self.inner_width, (3, 3), strides, use_bias=False, name="conv1")(x)
+
+        def conv(width: int, size: tuple[int, int], strides: tuple, name: str, x: jax.Array):
+            init = init_for(size[0] * size[1] * x.shape[-1])  # input channels * kernel area
+            return nn.Conv(width, size, strides, use_bias=False, name=name, **init)(x)
+
+        h = conv(self.inner_width, (3, 3), strides, "conv1", x)
         h = nn.relu(norm("bn1")(h))
-        h = nn.Conv(self.width, (3, 3), use_bias=False, name="conv2")(h)
+        h = conv(self.width, (3, 3), (1, 1), "conv2", h)
         h = norm("bn2")(h)
         skip = x
         if self.stride != 1 or x.shape[-1] != self.width:
-            skip = nn.Conv(self.width, (1, 1), strides, use_bias=False, name="proj_conv")(x)
+            skip = conv(self.width, (1, 1), strides, "proj_conv", x)
             skip = norm("proj_bn")(skip)
         return nn.relu(h + skip)
 
@@ -74,6 +83,8 @@ class ResNet(nn.Module):
         inner_widths: Output channels of every block's ``conv1``, in block order over all
             stages (what channel pruning narrows); None means each block's stage width.
         num_classes: Number of output logits.
+        initializer: ``"flax"`` (flax's layer defaults) or ``"torch"`` (PyTorch's defaults
+            for Linear and Conv: weights and biases ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``).
     """
 
     stage_widths: tuple[int, ...] = (16, 32, 64)
@@ -81,6 +92,7 @@ class ResNet(nn.Module):
     stem_width: int | None = None
     inner_widths: tuple[int, ...] | None = None
     num_classes: int = 10
+    initializer: str = "flax"
 
     def __post_init__(self) -> None:
         _checks.check_widths("resnet", "stage_widths", self.stage_widths)
@@ -105,6 +117,7 @@ class ResNet(nn.Module):
                     f"has {total} blocks. Fix: give one width per block, or None."
                 )
         _checks.check_positive_int("resnet", "num_classes", self.num_classes)
+        _initializers.check("resnet", self.initializer)
         super().__post_init__()
 
     @property
@@ -187,9 +200,11 @@ class ResNet(nn.Module):
             train: Use batch statistics and update ``batch_stats`` (needs it mutable).
             features_only: Return the globally pooled features instead of logits.
         """
+        init_for = functools.partial(_initializers.layer, self.initializer)
         h = _checks.as_images("resnet", x)
         stem_width = self.stage_widths[0] if self.stem_width is None else self.stem_width
-        h = nn.Conv(stem_width, (3, 3), use_bias=False, name="stem_conv")(h)
+        init = init_for(9 * h.shape[-1])
+        h = nn.Conv(stem_width, (3, 3), use_bias=False, name="stem_conv", **init)(h)
         h = nn.BatchNorm(
             use_running_average=not train,
             momentum=_BN_MOMENTUM,
@@ -201,8 +216,9 @@ class ResNet(nn.Module):
         for s, (width, blocks) in enumerate(zip(self.stage_widths, self.stage_blocks, strict=True)):
             for b in range(blocks):
                 stride = 2 if s > 0 and b == 0 else 1
-                h = BasicBlock(width, next(inner), stride, name=next(names))(h, train=train)
+                block = BasicBlock(width, next(inner), stride, self.initializer, name=next(names))
+                h = block(h, train=train)
         h = jnp.mean(h, axis=(1, 2))
         if features_only:
             return h
-        return nn.Dense(self.num_classes, name="head")(h)
+        return nn.Dense(self.num_classes, name="head", **init_for(h.shape[-1]))(h)

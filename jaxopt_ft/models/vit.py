@@ -12,13 +12,14 @@ image size the model is initialised with.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxopt_ft.models import _checks, _structure
+from jaxopt_ft.models import _checks, _initializers, _structure
 
 _POOLS = ("cls", "mean")
 
@@ -29,19 +30,29 @@ class EncoderBlock(nn.Module):
     Attributes:
         num_heads: Attention heads; ``x``'s width must divide evenly among them.
         mlp_dim: Hidden width of the GELU MLP.
+        initializer: ``"flax"`` or ``"torch"`` (see :class:`ViT`).
     """
 
     num_heads: int
     mlp_dim: int
+    initializer: str = "flax"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """Applies the block to tokens of shape (B, N, hidden)."""
+        init_for = functools.partial(_initializers.layer, self.initializer)
+        width = x.shape[-1]
         h = nn.LayerNorm(name="ln1")(x)
-        x = x + nn.MultiHeadDotProductAttention(self.num_heads, deterministic=True, name="attn")(h)
+        # As torch's nn.Linear: the projections see `width` inputs (the heads' concatenation).
+        linear = init_for(width)
+        outs = {f"out_{k}": v for k, v in linear.items()}
+        attn = nn.MultiHeadDotProductAttention(
+            self.num_heads, deterministic=True, name="attn", **linear, **outs
+        )
+        x = x + attn(h)
         h = nn.LayerNorm(name="ln2")(x)
-        h = nn.gelu(nn.Dense(self.mlp_dim, name="mlp_dense1")(h))
-        return x + nn.Dense(x.shape[-1], name="mlp_dense2")(h)
+        h = nn.gelu(nn.Dense(self.mlp_dim, name="mlp_dense1", **linear)(h))
+        return x + nn.Dense(width, name="mlp_dense2", **init_for(self.mlp_dim))(h)
 
 
 class ViT(nn.Module):
@@ -60,6 +71,10 @@ class ViT(nn.Module):
             narrows); None means ``mlp_dim`` for every block.
         pool: ``"cls"`` reads a learned class token, ``"mean"`` averages the patch tokens.
         num_classes: Number of output logits.
+        initializer: ``"flax"`` (flax's layer defaults) or ``"torch"`` (PyTorch's defaults
+            for Linear and Conv: weights and biases ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``;
+            the attention projections count as Linear layers, as in ViTs built from
+            ``nn.Linear``, not ``nn.MultiheadAttention``'s Xavier in-projection).
     """
 
     patch_size: int = 4
@@ -70,10 +85,12 @@ class ViT(nn.Module):
     mlp_dims: tuple[int, ...] | None = None
     pool: str = "cls"
     num_classes: int = 10
+    initializer: str = "flax"
 
     def __post_init__(self) -> None:
         for field in ("patch_size", "hidden", "depth", "num_heads", "mlp_dim", "num_classes"):
             _checks.check_positive_int("vit", field, getattr(self, field))
+        _initializers.check("vit", self.initializer)
         if self.hidden % self.num_heads:
             raise ValueError(
                 f"vit.hidden={self.hidden} does not divide into num_heads={self.num_heads} "
@@ -153,6 +170,7 @@ class ViT(nn.Module):
             ValueError: If H or W is not a multiple of ``patch_size``.
         """
         del train
+        init_for = functools.partial(_initializers.layer, self.initializer)
         h = _checks.as_images("vit", x)
         height, width = h.shape[1:3]
         if height % self.patch_size or width % self.patch_size:
@@ -161,7 +179,8 @@ class ViT(nn.Module):
                 "Fix: choose a patch_size that divides both sides, e.g. 2 or 4 for 8x8."
             )
         p = self.patch_size
-        h = nn.Conv(self.hidden, (p, p), strides=(p, p), padding="VALID", name="patch_embed")(h)
+        init = init_for(p * p * h.shape[-1])
+        h = nn.Conv(self.hidden, (p, p), (p, p), padding="VALID", name="patch_embed", **init)(h)
         h = h.reshape(h.shape[0], -1, self.hidden)
         if self.pool == "cls":
             cls = self.param("cls_token", nn.initializers.zeros, (1, 1, self.hidden))
@@ -171,9 +190,9 @@ class ViT(nn.Module):
         )
         h = h + pos
         for i, mlp_dim in enumerate(self.block_mlp_dims):
-            h = EncoderBlock(self.num_heads, mlp_dim, name=f"block{i + 1}")(h)
+            h = EncoderBlock(self.num_heads, mlp_dim, self.initializer, name=f"block{i + 1}")(h)
         h = nn.LayerNorm(name="final_ln")(h)
         h = h[:, 0] if self.pool == "cls" else jnp.mean(h, axis=1)
         if features_only:
             return h
-        return nn.Dense(self.num_classes, name="head")(h)
+        return nn.Dense(self.num_classes, name="head", **init_for(h.shape[-1]))(h)
