@@ -242,6 +242,19 @@ def test_bad_scope_distribution_scorer():
         prune.compute_masks(PARAMS)
 
 
+def test_public_names_are_the_accepted_values():
+    for scope in prune.SCOPES:
+        prune.check_scope(scope, "uniform")
+    for distribution in prune.DISTRIBUTIONS:
+        prune.check_scope("layer", distribution)
+    with pytest.raises(ValueError, match=r"accepted: \['layer', 'global'\]"):
+        prune.check_scope("net", "uniform")
+    assert prune.SCORERS == ("magnitude", "random", "saliency")
+    assert prune.NORMS == ("l1", "l2")
+    assert {"SCOPES", "DISTRIBUTIONS", "SCORERS", "NORMS", "check_scope"} <= set(prune.__all__)
+    assert not hasattr(prune, "group_names")
+
+
 def test_masks_with_different_structure_are_value_errors():
     masks = prune.dense_masks(PARAMS)
     del masks["dense2"]["bias"]

@@ -16,6 +16,9 @@ Structured pruning removes whole units and shrinks the model::
 """
 
 from jaxopt_ft.prune.allocate import (
+    DISTRIBUTIONS,
+    SCOPES,
+    check_scope,
     check_sparsity,
     compute_masks,
     layer_densities,
@@ -49,12 +52,14 @@ from jaxopt_ft.prune.schedules import (
     update_steps,
 )
 from jaxopt_ft.prune.scores import (
+    SCORERS,
     magnitude_scores,
     random_scores,
     saliency_scores,
     snip_scores,
 )
 from jaxopt_ft.prune.structured import (
+    NORMS,
     Compacted,
     compact,
     structured_masks,
@@ -72,10 +77,15 @@ from jaxopt_ft.prune.wrapper import (
 __all__ = [
     "Compacted",
     "DEFAULT_RULES",
+    "DISTRIBUTIONS",
+    "NORMS",
     "PruneState",
+    "SCOPES",
+    "SCORERS",
     "SparsitySchedule",
     "apply_masks",
     "check_masks",
+    "check_scope",
     "check_sparsity",
     "compact",
     "compute_masks",
