@@ -53,6 +53,10 @@ def _inputs(shape, seed=1):
     return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, dtype=np.float32))
 
 
+def _flat(variables):
+    return {"/".join(k): v for k, v in traverse_util.flatten_dict(variables["params"]).items()}
+
+
 def _shapes(tree):
     return {"/".join(k): v.shape for k, v in traverse_util.flatten_dict(tree).items()}
 
@@ -60,7 +64,7 @@ def _shapes(tree):
 def test_names_and_registry():
     assert models.NAMES == ("logistic", "mlp", "cnn", "lenet300", "lenet5", "resnet", "vit")
     assert isinstance(models.get("cnn"), models.CNN1D)
-    assert models.fields("cnn") == ("channels", "width_mult", "num_classes")
+    assert models.fields("cnn") == ("channels", "width_mult", "num_classes", "initializer")
     for name in models.NAMES:
         assert "num_classes" in models.fields(name)
         assert models.get(name).num_classes == 10
@@ -301,6 +305,119 @@ def test_narrow_mlp_lenet_and_resnet_shapes():
     assert _shapes(variables["batch_stats"])["stage2_block1/bn1/mean"] == (5,)
 
 
+@pytest.mark.parametrize("name, kwargs, shape", SMALL_CASES, ids=SMALL_IDS)
+def test_layer_order_lists_every_weight_layer_once(name, kwargs, shape):
+    model = models.get(name, **kwargs)
+    params = jax.eval_shape(model.init, KEY, jnp.zeros(shape))["params"]
+    kernels = [k for k in _shapes(params) if k.endswith("/kernel")]
+    order = model.layer_order()
+    assert sorted(order) == sorted(k.removesuffix("/kernel") for k in kernels)
+    assert order[-1] == "head"
+
+
+def test_layer_order_is_forward_order():
+    resnet = models.get("resnet", stage_widths=(4, 8), blocks_per_stage=(2, 1), stem_width=3)
+    assert resnet.layer_order() == (
+        "stem_conv",
+        "stage1_block1/conv1",
+        "stage1_block1/conv2",
+        "stage1_block1/proj_conv",  # the stem is narrower than the stage
+        "stage1_block2/conv1",
+        "stage1_block2/conv2",
+        "stage2_block1/conv1",
+        "stage2_block1/conv2",
+        "stage2_block1/proj_conv",
+        "head",
+    )
+    params = jax.eval_shape(resnet.init, KEY, jnp.zeros((1, 8, 8, 1)))["params"]
+    kernels = {k.removesuffix("/kernel") for k in _shapes(params) if k.endswith("/kernel")}
+    assert set(resnet.layer_order()) == kernels
+    lenet = models.get("lenet5", hidden=(7,))
+    assert lenet.layer_order() == ("conv1", "conv2", "dense1", "head")
+    vit = models.get("vit", depth=1).layer_order()
+    assert vit[:3] == ("patch_embed", "block1/attn/query", "block1/attn/key")
+    assert vit[-3:] == ("block1/mlp_dense1", "block1/mlp_dense2", "head")
+
+
+def _assert_torch_uniform(x, fan_in, *, deciles=False):
+    """Entries of ``x`` within PyTorch's ``1/sqrt(fan_in)`` bound and reaching close to it."""
+    x, bound = np.asarray(x).ravel(), 1.0 / np.sqrt(fan_in)
+    assert np.abs(x).max() <= bound
+    assert np.abs(x).max() > 0.9 * bound
+    if deciles:  # uniform: each tenth of [-bound, bound] holds a tenth, within 5 std errors
+        counts, _ = np.histogram(x, bins=10, range=(-bound, bound))
+        np.testing.assert_allclose(counts / x.size, 0.1, atol=5 * np.sqrt(0.09 / x.size))
+
+
+def test_torch_initializer_dense_and_conv():
+    mlp = models.get("lenet300", hidden=(500,), initializer="torch")
+    p = jax.jit(mlp.init)(FAST_KEY, jnp.zeros((1, 20, 20)))["params"]
+    _assert_torch_uniform(p["dense1"]["kernel"], 400, deciles=True)  # 400 x 500 weights
+    _assert_torch_uniform(p["dense1"]["bias"], 400)
+    _assert_torch_uniform(p["head"]["kernel"], 500)
+    cnn = models.get("lenet5", channels=(6, 64), hidden=(), initializer="torch")
+    p = jax.jit(cnn.init)(FAST_KEY, jnp.zeros((1, 8, 8, 1)))["params"]
+    _assert_torch_uniform(p["conv1"]["kernel"], 5 * 5 * 1)
+    _assert_torch_uniform(p["conv2"]["kernel"], 5 * 5 * 6, deciles=True)  # 9,600 weights
+    _assert_torch_uniform(p["conv2"]["bias"], 5 * 5 * 6)
+    one_d = models.get("cnn", channels=(32, 32, 32), initializer="torch")
+    p = jax.jit(one_d.init)(FAST_KEY, jnp.zeros((1, 40)))["params"]
+    _assert_torch_uniform(p["conv2"]["kernel"], 3 * 32)
+    _assert_torch_uniform(p["head"]["kernel"], 5 * 32)
+    # flax's defaults differ: lecun-normal kernels exceed the bound, biases start at zero.
+    p = jax.jit(models.get("lenet300", hidden=(500,)).init)(FAST_KEY, jnp.zeros((1, 20, 20)))
+    assert np.abs(p["params"]["dense1"]["kernel"]).max() > 1.0 / np.sqrt(400)
+    assert not np.any(p["params"]["dense1"]["bias"])
+
+
+def test_torch_initializer_leaves_norms_and_embeddings_alone():
+    def init(name, **kw):
+        shape = (1, 8, 8, 1)
+        return jax.jit(models.get(name, **kw).init)(FAST_KEY, jnp.zeros(shape))
+
+    flax_vit, torch_vit = init("vit", depth=1), init("vit", depth=1, initializer="torch")
+    for path in ("pos_embed", "cls_token", "block1/ln1/scale", "final_ln/bias"):
+        np.testing.assert_array_equal(_flat(flax_vit)[path], _flat(torch_vit)[path])
+    _assert_torch_uniform(_flat(torch_vit)["block1/attn/query/kernel"], 64)
+    _assert_torch_uniform(_flat(torch_vit)["block1/attn/out/bias"], 64)
+    _assert_torch_uniform(_flat(torch_vit)["block1/mlp_dense2/kernel"], 128)
+    _assert_torch_uniform(_flat(torch_vit)["patch_embed/kernel"], 4 * 4 * 1)
+    torch_resnet = init("resnet", stage_widths=(4, 8), initializer="torch")
+    flax_resnet = init("resnet", stage_widths=(4, 8))
+    for path in ("stem_bn/scale", "stage2_block1/bn1/bias", "stage2_block1/proj_bn/scale"):
+        np.testing.assert_array_equal(_flat(flax_resnet)[path], _flat(torch_resnet)[path])
+    _assert_torch_uniform(_flat(torch_resnet)["stage2_block1/conv2/kernel"], 3 * 3 * 8)
+    _assert_torch_uniform(_flat(torch_resnet)["stage2_block1/proj_conv/kernel"], 4)
+
+
+def test_vit_mlp_dims_per_block():
+    vit = models.get("vit", hidden=16, depth=2, mlp_dim=32, mlp_dims=(5, 7))
+    p = _shapes(jax.eval_shape(vit.init, KEY, jnp.zeros((1, 8, 8, 1)))["params"])
+    assert p["block1/mlp_dense1/kernel"] == (16, 5)
+    assert p["block2/mlp_dense2/kernel"] == (7, 16)
+    assert models.get("vit", depth=3, mlp_dim=32).block_mlp_dims == (32, 32, 32)
+
+
+def test_unit_groups_and_narrowed_use_the_built_widths():
+    cnn = models.get("cnn", width_mult=0.5)  # built with 13 channels per conv
+    assert [(g.name, g.size) for g in cnn.unit_groups()] == [
+        ("conv1", 13),
+        ("conv2", 13),
+        ("conv3", 13),
+    ]
+    narrow = cnn.narrowed({"conv2": 4})
+    assert (narrow.channels, narrow.width_mult) == ((13, 4, 13), 1.0)
+    assert models.get("mlp", hidden=(8, 8)).narrowed({"hidden": 3}).hidden == (3, 3)
+    lenet = models.get("lenet5", channels=(4, 8), hidden=(12, 8)).narrowed({"dense1": 5})
+    assert (lenet.channels, lenet.hidden) == ((4, 8), (5, 8))
+    resnet = models.get("resnet", stage_widths=(4, 8))
+    assert resnet.narrowed({"stage2_block1/conv1": 2}).inner_widths == (4, 2)
+    vit = models.get("vit", depth=2, mlp_dim=16)
+    assert vit.narrowed({"block2/mlp": 5}).block_mlp_dims == (16, 5)
+    with pytest.raises(ValueError, match=r"CNN1D has no unit groups \['conv9'\].*Fix"):
+        cnn.narrowed({"conv9": 1})
+
+
 def test_resnet_batch_stats_update_in_train_mode_only():
     model = models.get("resnet", stage_widths=(4, 8))
     x = _inputs((4, 8, 8, 3)) * 3.0 + 1.0
@@ -361,6 +478,13 @@ def test_unknown_kwarg_names_it_and_the_accepted_fields():
         ("resnet", {"stem_width": -1}, r"resnet\.stem_width=-1"),
         ("vit", {"hidden": 30, "num_heads": 4}, "num_heads"),
         ("vit", {"pool": "max"}, "Accepted: cls, mean"),
+        ("vit", {"mlp_dims": (4,)}, "one width per block"),
+        (
+            "cnn",
+            {"initializer": "xavier"},
+            r"cnn\.initializer='xavier' is unknown\. Accepted: flax, torch",
+        ),
+        ("resnet", {"initializer": None}, r"resnet\.initializer=None is unknown"),
         ("vit", {"depth": True}, r"vit\.depth=True"),
     ],
 )

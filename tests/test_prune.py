@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxopt_ft import prune, tree
+from jaxopt_ft import models, prune, tree
 
 # |kernel| in leaf order: dense1 = [0.5, 2, 1, 0.1, 3, 0.7], dense2 = [4, 2.5, 0.3].
 PARAMS = {
@@ -42,11 +42,37 @@ def test_select_prunable_default_kernels_only():
     }
 
 
-def test_select_prunable_excludes_first_and_last():
-    first = prune.select_prunable(PARAMS, exclude_first=True)
+def test_select_prunable_excludes_first_and_last_in_layer_order():
+    order = ("dense1", "dense2")
+    first = prune.select_prunable(PARAMS, exclude_first=True, layer_order=order)
     assert prune.prunable_paths(first) == ["dense2/kernel"]
-    last = prune.select_prunable(PARAMS, exclude_last=True)
+    last = prune.select_prunable(PARAMS, exclude_last=True, layer_order=order)
     assert prune.prunable_paths(last) == ["dense1/kernel"]
+    # The declared order decides, not the sorted leaf order; a layer's biases go with it.
+    both = prune.select_prunable(
+        PARAMS, [(".*", True)], exclude_first=True, layer_order=order[::-1]
+    )
+    assert prune.prunable_paths(both) == ["dense1/bias", "dense1/kernel"]
+
+
+def test_resnet_exclude_first_and_last_are_stem_and_head():
+    model = models.get("resnet", stage_widths=(4, 8))
+    params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+    assert prune.prunable_paths(prune.select_prunable(params))[0] == "head/kernel"  # sorted
+    chosen = prune.select_prunable(
+        params, exclude_first=True, exclude_last=True, layer_order=model.layer_order()
+    )
+    kernels = [p for p in tree.paths(params) if p.endswith("kernel")]
+    assert set(kernels) - set(prune.prunable_paths(chosen)) == {"stem_conv/kernel", "head/kernel"}
+
+
+def test_exclude_without_layer_order_or_uncovered_leaves_are_value_errors():
+    with pytest.raises(ValueError, match=r"need the model's forward layer order.*Fix: pass"):
+        prune.select_prunable(PARAMS, exclude_first=True)
+    with pytest.raises(ValueError, match=r"does not cover the prunable leaves \['dense2/kernel'\]"):
+        prune.select_prunable(PARAMS, exclude_last=True, layer_order=("dense1",))
+    with pytest.raises(TypeError, match="sequence of layer paths"):
+        prune.select_prunable(PARAMS, exclude_last=True, layer_order="dense1")
 
 
 def test_select_prunable_rules():
@@ -78,11 +104,11 @@ def test_layer_masks_exact():
 
 def test_global_masks_exact():
     masks = prune.compute_masks(PARAMS, sparsity=0.5, scope="global")
-    # One threshold over 9 weights: k = round(4.5) = 5 drops 0.1, 0.3, 0.5, 0.7, 1.0.
+    # One threshold over 9 weights: k = round(4.5) = 4 (half to even) drops 0.1, 0.3, 0.5, 0.7.
     assert_masks(
         masks,
         {
-            "dense1": {"bias": [T, T, T], "kernel": [[F, T, F], [F, T, F]]},
+            "dense1": {"bias": [T, T, T], "kernel": [[F, T, T], [F, T, F]]},
             "dense2": {"bias": [T], "kernel": [[T], [T], [F]]},
         },
     )
@@ -96,9 +122,10 @@ def test_ties_break_by_index_within_and_across_leaves():
     assert_masks(glob, {"a": {"kernel": [[F, F], [F, F]]}, "b": {"kernel": [[T, T], [T, T]]}})
 
 
-def test_num_removed_rounds_half_up():
+def test_num_removed_rounds_half_to_even():
     assert prune.num_removed(0.5, 3) == 2
-    assert prune.num_removed(0.25, 10) == 3
+    assert prune.num_removed(0.5, 5) == 2
+    assert prune.num_removed(0.25, 10) == 2
     assert prune.num_removed(0.9, 10) == 9
     assert prune.num_removed(0.0, 10) == 0
 
@@ -215,6 +242,19 @@ def test_bad_scope_distribution_scorer():
         prune.compute_masks(PARAMS)
 
 
+def test_public_names_are_the_accepted_values():
+    for scope in prune.SCOPES:
+        prune.check_scope(scope, "uniform")
+    for distribution in prune.DISTRIBUTIONS:
+        prune.check_scope("layer", distribution)
+    with pytest.raises(ValueError, match=r"accepted: \['layer', 'global'\]"):
+        prune.check_scope("net", "uniform")
+    assert prune.SCORERS == ("magnitude", "random", "saliency")
+    assert prune.NORMS == ("l1", "l2")
+    assert {"SCOPES", "DISTRIBUTIONS", "SCORERS", "NORMS", "check_scope"} <= set(prune.__all__)
+    assert not hasattr(prune, "group_names")
+
+
 def test_masks_with_different_structure_are_value_errors():
     masks = prune.dense_masks(PARAMS)
     del masks["dense2"]["bias"]
@@ -252,11 +292,10 @@ def test_exact_sparsity_property(shapes, sparsity, how, seed):
     masks = prune.compute_masks(params, sparsity=sparsity, scope=how[0], distribution=how[1])
     removed = {p: int(np.size(m) - np.sum(m)) for p, m in tree.flatten(masks).items()}
     sizes = {p: int(np.size(x)) for p, x in tree.flatten(params).items()}
-    round_half_up = lambda x: int(np.floor(x + 0.5))
     if how == ("layer", "uniform"):
-        assert removed == {p: round_half_up(sparsity * n) for p, n in sizes.items()}
+        assert removed == {p: round(sparsity * n) for p, n in sizes.items()}
     else:
-        assert sum(removed.values()) == round_half_up(sparsity * sum(sizes.values()))
+        assert sum(removed.values()) == round(sparsity * sum(sizes.values()))
 
 
 @settings(max_examples=15, deadline=None)

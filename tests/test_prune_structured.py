@@ -1,5 +1,7 @@
-"""Structured pruning: unit scores, structured masks and compaction of every supported model."""
+"""Structured pruning: unit scores, structured masks and compaction of every model that
+declares unit groups (the library's own and one defined here)."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +19,48 @@ CASES = {
     "lenet5": ("lenet5", {"channels": (4, 8), "hidden": (12, 8)}, (4, 8, 8, 1)),
     "lenet5-no-hidden": ("lenet5", {"channels": (4, 8), "hidden": ()}, (4, 8, 8, 1)),
     "resnet": ("resnet", {"stage_widths": (4, 8), "blocks_per_stage": (2, 1)}, (4, 8, 8, 3)),
+    "vit": ("vit", {"hidden": 8, "depth": 2, "num_heads": 2, "mlp_dim": 12}, (4, 8, 8, 1)),
 }
+
+
+class TwoTower(nn.Module):
+    """A model the library does not know: two ReLU towers, each read by its own Dense, summed.
+
+    It declares its groups and how to narrow itself, so structured pruning needs no edit.
+    """
+
+    width: tuple[int, int] = (6, 4)
+
+    def unit_groups(self):
+        return tuple(
+            models.UnitGroup(
+                name=f"tower{i}",
+                size=w,
+                producers=(f"tower{i}/kernel", f"tower{i}/bias"),
+                stats=(),
+                consumers=(f"out{i}/kernel",),
+                field="width",
+                index=i,
+            )
+            for i, w in enumerate(self.width)
+        )
+
+    def narrowed(self, sizes):
+        widths = list(self.width)
+        for i in range(2):
+            widths[i] = sizes.get(f"tower{i}", widths[i])
+        return self.clone(width=tuple(widths))
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        del train
+        towers = [nn.relu(nn.Dense(w, name=f"tower{i}")(x)) for i, w in enumerate(self.width)]
+        return sum(nn.Dense(3, name=f"out{i}")(h) for i, h in enumerate(towers))
+
+
+class NoGroups(TwoTower):
+    def unit_groups(self):
+        return ()
 
 
 def random_variables(model, shape, seed=1):
@@ -64,6 +107,17 @@ def test_compacted_outputs_equal_masked_outputs(case):
     kept = sum(int(np.sum(m)) for m in jax.tree.leaves(masks))
     assert tree.count_params(small.params) == kept
     assert models.param_count(small.model, shape) == kept
+
+
+def test_a_model_outside_the_library_compacts_through_its_declaration():
+    model = TwoTower()
+    x = random_inputs((5, 7))
+    params = random_variables(model, (5, 7))["params"]
+    masks = prune.structured_masks(model, params, sparsity=[("tower0", 0.5), ("tower1", 0.25)])
+    small = prune.compact(model, params, masks)
+    assert small.model.width == (3, 3)
+    want = model.apply({"params": prune.apply_masks(params, masks)}, x)
+    np.testing.assert_allclose(small.model.apply({"params": small.params}, x), want, atol=1e-6)
 
 
 def test_compacted_widths_and_shapes():
@@ -126,8 +180,10 @@ def test_compact_ignores_units_with_live_bias():
 def test_structured_bad_inputs():
     logistic = models.get("logistic")
     params = random_variables(logistic, (1, 40))["params"]
-    with pytest.raises(ValueError, match="does not support Logistic.*supported models"):
+    with pytest.raises(ValueError, match=r"Logistic has no unit_groups\(\) method.*Fix: define"):
         prune.structured_masks(logistic, params, sparsity=0.5)
+    with pytest.raises(ValueError, match=r"NoGroups.unit_groups\(\) declares no groups"):
+        prune.structured_masks(NoGroups(), {}, sparsity=0.5)
     model = models.get("cnn", channels=(4, 4, 4))
     params = random_variables(model, (1, 40))["params"]
     with pytest.raises(ValueError, match=r"must be a number in \[0, 1\)"):

@@ -1,5 +1,7 @@
 """Sparsity schedules, lottery rounds and the ``prune.wrap`` optax wrapper."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -237,6 +239,18 @@ def test_data_parallel_sharded_step_matches_single_device():
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+def test_wrap_keeps_a_layer_order_selection_given_as_rules():
+    # What exclude_first/exclude_last become for wrap: the selection, passed as exact rules.
+    chosen = prune.select_prunable(PARAMS, exclude_first=True, layer_order=("conv", "head"))
+    rules = [(re.escape(p), v) for p, v in tree.flatten(chosen).items()]
+    tx = prune.wrap(optax.sgd(0.1), sparsity=0.5, rules=rules)
+    state = tx.init(PARAMS)
+    _, state = jax.jit(tx.update)(jax.tree.map(jnp.ones_like, PARAMS), state, PARAMS)
+    masks = prune.find_masks(state)
+    assert bool(jnp.all(masks["conv"]["kernel"]))
+    assert int(jnp.sum(~masks["head"]["kernel"])) == 16  # round(0.5 * 32)
+
+
 def test_wrap_bad_inputs():
     with pytest.raises(ValueError, match="needs the current params"):
         tx = prune.wrap(optax.sgd(1.0), sparsity=0.5)
@@ -253,6 +267,8 @@ def test_wrap_bad_inputs():
         prune.wrap(optax.sgd(1.0), sparsity=0.5, scorer="random")
     with pytest.raises(ValueError, match="N=3, M=2"):
         prune.wrap(optax.sgd(1.0), nm=(3, 2))
+    with pytest.raises(ValueError, match=r"exclude_first=True.*layer order.*Fix: chosen ="):
+        prune.wrap(optax.sgd(1.0), sparsity=0.5, exclude_first=True)
     with pytest.raises(ValueError, match=r"rules matching no parameter: \['dense.\*'\]"):
         prune.wrap(optax.sgd(1.0), sparsity=0.5, rules=[("dense.*", True)]).init(PARAMS)
     bad_masks = prune.dense_masks({"conv": PARAMS["conv"]})

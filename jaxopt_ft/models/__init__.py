@@ -3,10 +3,10 @@
 Every model is called as ``model.apply(variables, x, train=..., features_only=...)``: it
 returns logits (B, num_classes), or with ``features_only=True`` the trunk's (B, F) features
 without creating or reading ``head``. Parameter names are stable (``conv1``, ``dense2``,
-``stage1_block1/bn1``, ``head``), and every width is a field, so structured pruning can rebuild
-a narrower model with ``model.clone(channels=...)`` that accepts the compacted params. (The
-MNIST-1D models also scale widths by ``width_mult``: read the built widths from
-``effective_channels`` / ``effective_hidden`` and clone with ``width_mult=1.0``.)
+``stage1_block1/bn1``, ``head``), and every width is a field. Models that structured pruning
+can shrink declare their own structure: ``unit_groups()`` lists the units removed together
+(:class:`UnitGroup`) and ``narrowed(sizes)`` rebuilds the model with fewer units, accepting the
+compacted params; the library names no concrete model.
 
 Example:
     >>> model = get("cnn", channels=(64, 64, 64))
@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxopt_ft.models._structure import UnitGroup
 from jaxopt_ft.models.lenet import LeNet5, LeNet300
 from jaxopt_ft.models.mnist1d import CNN1D, MLP, Logistic
 from jaxopt_ft.models.resnet import BasicBlock, ResNet
@@ -39,6 +40,7 @@ __all__ = [
     "Logistic",
     "MLP",
     "ResNet",
+    "UnitGroup",
     "ViT",
     "fields",
     "get",

@@ -14,11 +14,14 @@ BatchNorm statistics live in the ``batch_stats`` collection; call with ``train=T
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxopt_ft.models import _checks
+from jaxopt_ft.models import _checks, _initializers, _structure
 
 _BN_MOMENTUM = 0.9
 _BN_EPSILON = 1e-5
@@ -34,26 +37,34 @@ class BasicBlock(nn.Module):
         width: Output channels (the residual stream's width).
         inner_width: Output channels of ``conv1``, the block's prunable inner width.
         stride: Spatial stride of ``conv1`` and of the projection.
+        initializer: ``"flax"`` or ``"torch"`` conv initializers (see :class:`ResNet`).
     """
 
     width: int
     inner_width: int
     stride: int = 1
+    initializer: str = "flax"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """Applies the block to an NHWC batch."""
+        init_for = functools.partial(_initializers.layer, self.initializer)
         norm = lambda name: nn.BatchNorm(
             use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, name=name
         )
         strides = (self.stride, self.stride)
-        h = nn.Conv(self.inner_width, (3, 3), strides, use_bias=False, name="conv1")(x)
+
+        def conv(width: int, size: tuple[int, int], strides: tuple, name: str, x: jax.Array):
+            init = init_for(size[0] * size[1] * x.shape[-1])  # input channels * kernel area
+            return nn.Conv(width, size, strides, use_bias=False, name=name, **init)(x)
+
+        h = conv(self.inner_width, (3, 3), strides, "conv1", x)
         h = nn.relu(norm("bn1")(h))
-        h = nn.Conv(self.width, (3, 3), use_bias=False, name="conv2")(h)
+        h = conv(self.width, (3, 3), (1, 1), "conv2", h)
         h = norm("bn2")(h)
         skip = x
         if self.stride != 1 or x.shape[-1] != self.width:
-            skip = nn.Conv(self.width, (1, 1), strides, use_bias=False, name="proj_conv")(x)
+            skip = conv(self.width, (1, 1), strides, "proj_conv", x)
             skip = norm("proj_bn")(skip)
         return nn.relu(h + skip)
 
@@ -72,6 +83,8 @@ class ResNet(nn.Module):
         inner_widths: Output channels of every block's ``conv1``, in block order over all
             stages (what channel pruning narrows); None means each block's stage width.
         num_classes: Number of output logits.
+        initializer: ``"flax"`` (flax's layer defaults) or ``"torch"`` (PyTorch's defaults
+            for Linear and Conv: weights and biases ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``).
     """
 
     stage_widths: tuple[int, ...] = (16, 32, 64)
@@ -79,6 +92,7 @@ class ResNet(nn.Module):
     stem_width: int | None = None
     inner_widths: tuple[int, ...] | None = None
     num_classes: int = 10
+    initializer: str = "flax"
 
     def __post_init__(self) -> None:
         _checks.check_widths("resnet", "stage_widths", self.stage_widths)
@@ -103,6 +117,7 @@ class ResNet(nn.Module):
                     f"has {total} blocks. Fix: give one width per block, or None."
                 )
         _checks.check_positive_int("resnet", "num_classes", self.num_classes)
+        _initializers.check("resnet", self.initializer)
         super().__post_init__()
 
     @property
@@ -111,6 +126,68 @@ class ResNet(nn.Module):
         if isinstance(self.blocks_per_stage, int):
             return (self.blocks_per_stage,) * len(self.stage_widths)
         return tuple(self.blocks_per_stage)
+
+    @property
+    def block_names(self) -> tuple[str, ...]:
+        """``stage{s}_block{b}`` for every block, in forward order."""
+        return tuple(
+            f"stage{s + 1}_block{b + 1}" for s, n in enumerate(self.stage_blocks) for b in range(n)
+        )
+
+    @property
+    def block_inner_widths(self) -> tuple[int, ...]:
+        """The ``conv1`` width of every block, in block order."""
+        if self.inner_widths is not None:
+            return tuple(self.inner_widths)
+        return tuple(
+            w for w, n in zip(self.stage_widths, self.stage_blocks, strict=True) for _ in range(n)
+        )
+
+    def layer_order(self) -> tuple[str, ...]:
+        """The weight layers in forward order: ``stem_conv``, each block's ``conv1``,
+        ``conv2`` and (where the block projects its skip) ``proj_conv``, then ``head``.
+
+        Leaf order sorts ``head`` first and ``stem_conv`` after the stages; this is the order
+        in which the layers run.
+        """
+        order = ["stem_conv"]
+        width = self.stage_widths[0] if self.stem_width is None else self.stem_width
+        names = iter(self.block_names)
+        for s, (stage_width, blocks) in enumerate(
+            zip(self.stage_widths, self.stage_blocks, strict=True)
+        ):
+            for b in range(blocks):
+                name = next(names)
+                order += [f"{name}/conv1", f"{name}/conv2"]
+                if (s > 0 and b == 0) or width != stage_width:
+                    order.append(f"{name}/proj_conv")
+                width = stage_width
+        return (*order, "head")
+
+    def unit_groups(self) -> tuple[_structure.UnitGroup, ...]:
+        """The inner channels of every block: ``conv1`` with ``bn1``, consumed by ``conv2``.
+
+        Residual adds tie the stem, ``conv2`` and projection outputs of a stage together, so
+        those stream channels are not groups.
+        """
+        return tuple(
+            _structure.UnitGroup(
+                name=f"{blk}/conv1",
+                size=width,
+                producers=(f"{blk}/conv1/kernel", f"{blk}/bn1/scale", f"{blk}/bn1/bias"),
+                stats=(f"{blk}/bn1/mean", f"{blk}/bn1/var"),
+                consumers=(f"{blk}/conv2/kernel",),
+                field="inner_widths",
+                index=i,
+            )
+            for i, (blk, width) in enumerate(
+                zip(self.block_names, self.block_inner_widths, strict=True)
+            )
+        )
+
+    def narrowed(self, sizes: Mapping[str, int]) -> ResNet:
+        """This ResNet with blocks' inner widths ``{group name: width}`` narrowed."""
+        return _structure.narrowed(self, sizes, {"inner_widths": self.block_inner_widths})
 
     @nn.compact
     def __call__(
@@ -123,9 +200,11 @@ class ResNet(nn.Module):
             train: Use batch statistics and update ``batch_stats`` (needs it mutable).
             features_only: Return the globally pooled features instead of logits.
         """
+        init_for = functools.partial(_initializers.layer, self.initializer)
         h = _checks.as_images("resnet", x)
         stem_width = self.stage_widths[0] if self.stem_width is None else self.stem_width
-        h = nn.Conv(stem_width, (3, 3), use_bias=False, name="stem_conv")(h)
+        init = init_for(9 * h.shape[-1])
+        h = nn.Conv(stem_width, (3, 3), use_bias=False, name="stem_conv", **init)(h)
         h = nn.BatchNorm(
             use_running_average=not train,
             momentum=_BN_MOMENTUM,
@@ -133,15 +212,13 @@ class ResNet(nn.Module):
             name="stem_bn",
         )(h)
         h = nn.relu(h)
-        index = 0
+        names, inner = iter(self.block_names), iter(self.block_inner_widths)
         for s, (width, blocks) in enumerate(zip(self.stage_widths, self.stage_blocks, strict=True)):
             for b in range(blocks):
-                inner = width if self.inner_widths is None else self.inner_widths[index]
                 stride = 2 if s > 0 and b == 0 else 1
-                block = BasicBlock(width, inner, stride, name=f"stage{s + 1}_block{b + 1}")
+                block = BasicBlock(width, next(inner), stride, self.initializer, name=next(names))
                 h = block(h, train=train)
-                index += 1
         h = jnp.mean(h, axis=(1, 2))
         if features_only:
             return h
-        return nn.Dense(self.num_classes, name="head")(h)
+        return nn.Dense(self.num_classes, name="head", **init_for(h.shape[-1]))(h)

@@ -12,11 +12,14 @@ image size the model is initialised with.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxopt_ft.models import _checks
+from jaxopt_ft.models import _checks, _initializers, _structure
 
 _POOLS = ("cls", "mean")
 
@@ -27,19 +30,29 @@ class EncoderBlock(nn.Module):
     Attributes:
         num_heads: Attention heads; ``x``'s width must divide evenly among them.
         mlp_dim: Hidden width of the GELU MLP.
+        initializer: ``"flax"`` or ``"torch"`` (see :class:`ViT`).
     """
 
     num_heads: int
     mlp_dim: int
+    initializer: str = "flax"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """Applies the block to tokens of shape (B, N, hidden)."""
+        init_for = functools.partial(_initializers.layer, self.initializer)
+        width = x.shape[-1]
         h = nn.LayerNorm(name="ln1")(x)
-        x = x + nn.MultiHeadDotProductAttention(self.num_heads, deterministic=True, name="attn")(h)
+        # As torch's nn.Linear: the projections see `width` inputs (the heads' concatenation).
+        linear = init_for(width)
+        outs = {f"out_{k}": v for k, v in linear.items()}
+        attn = nn.MultiHeadDotProductAttention(
+            self.num_heads, deterministic=True, name="attn", **linear, **outs
+        )
+        x = x + attn(h)
         h = nn.LayerNorm(name="ln2")(x)
-        h = nn.gelu(nn.Dense(self.mlp_dim, name="mlp_dense1")(h))
-        return x + nn.Dense(x.shape[-1], name="mlp_dense2")(h)
+        h = nn.gelu(nn.Dense(self.mlp_dim, name="mlp_dense1", **linear)(h))
+        return x + nn.Dense(width, name="mlp_dense2", **init_for(self.mlp_dim))(h)
 
 
 class ViT(nn.Module):
@@ -54,8 +67,14 @@ class ViT(nn.Module):
         depth: Number of encoder blocks, named ``block1``, ``block2``, ...
         num_heads: Attention heads per block; must divide ``hidden``.
         mlp_dim: Hidden width of each block's MLP.
+        mlp_dims: Hidden width of every block's MLP, in block order (what unit pruning
+            narrows); None means ``mlp_dim`` for every block.
         pool: ``"cls"`` reads a learned class token, ``"mean"`` averages the patch tokens.
         num_classes: Number of output logits.
+        initializer: ``"flax"`` (flax's layer defaults) or ``"torch"`` (PyTorch's defaults
+            for Linear and Conv: weights and biases ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``;
+            the attention projections count as Linear layers, as in ViTs built from
+            ``nn.Linear``, not ``nn.MultiheadAttention``'s Xavier in-projection).
     """
 
     patch_size: int = 4
@@ -63,23 +82,78 @@ class ViT(nn.Module):
     depth: int = 2
     num_heads: int = 4
     mlp_dim: int = 128
+    mlp_dims: tuple[int, ...] | None = None
     pool: str = "cls"
     num_classes: int = 10
+    initializer: str = "flax"
 
     def __post_init__(self) -> None:
         for field in ("patch_size", "hidden", "depth", "num_heads", "mlp_dim", "num_classes"):
             _checks.check_positive_int("vit", field, getattr(self, field))
+        _initializers.check("vit", self.initializer)
         if self.hidden % self.num_heads:
             raise ValueError(
                 f"vit.hidden={self.hidden} does not divide into num_heads={self.num_heads} "
                 "heads. Fix: choose num_heads that divides hidden, e.g. hidden=64, num_heads=4."
             )
+        if self.mlp_dims is not None:
+            _checks.check_widths("vit", "mlp_dims", self.mlp_dims)
+            if len(self.mlp_dims) != self.depth:
+                raise ValueError(
+                    f"vit.mlp_dims has {len(self.mlp_dims)} entries but depth={self.depth}. "
+                    "Fix: give one width per block, or None."
+                )
         if self.pool not in _POOLS:
             raise ValueError(
                 f"vit.pool={self.pool!r} is unknown. Accepted: {', '.join(_POOLS)}. "
                 "Fix: pass pool='cls' or pool='mean'."
             )
         super().__post_init__()
+
+    @property
+    def block_mlp_dims(self) -> tuple[int, ...]:
+        """The MLP hidden width of every block, in block order."""
+        return (self.mlp_dim,) * self.depth if self.mlp_dims is None else tuple(self.mlp_dims)
+
+    def layer_order(self) -> tuple[str, ...]:
+        """The weight layers in forward order: ``patch_embed``, each block's attention
+        projections and MLP, then ``head`` (norms and embeddings are not weight layers)."""
+        blocks = [
+            f"block{i + 1}/{layer}"
+            for i in range(self.depth)
+            for layer in (
+                "attn/query",
+                "attn/key",
+                "attn/value",
+                "attn/out",
+                "mlp_dense1",
+                "mlp_dense2",
+            )
+        ]
+        return ("patch_embed", *blocks, "head")
+
+    def unit_groups(self) -> tuple[_structure.UnitGroup, ...]:
+        """The MLP hidden units of every block (``block{i}/mlp``).
+
+        ``mlp_dense1`` produces them (GELU keeps 0 at 0), ``mlp_dense2`` consumes them.
+        Attention heads and the token width are not groups.
+        """
+        return tuple(
+            _structure.UnitGroup(
+                name=f"block{i + 1}/mlp",
+                size=width,
+                producers=(f"block{i + 1}/mlp_dense1/kernel", f"block{i + 1}/mlp_dense1/bias"),
+                stats=(),
+                consumers=(f"block{i + 1}/mlp_dense2/kernel",),
+                field="mlp_dims",
+                index=i,
+            )
+            for i, width in enumerate(self.block_mlp_dims)
+        )
+
+    def narrowed(self, sizes: Mapping[str, int]) -> ViT:
+        """This ViT with blocks' MLP widths ``{group name: width}`` narrowed."""
+        return _structure.narrowed(self, sizes, {"mlp_dims": self.block_mlp_dims})
 
     @nn.compact
     def __call__(
@@ -96,6 +170,7 @@ class ViT(nn.Module):
             ValueError: If H or W is not a multiple of ``patch_size``.
         """
         del train
+        init_for = functools.partial(_initializers.layer, self.initializer)
         h = _checks.as_images("vit", x)
         height, width = h.shape[1:3]
         if height % self.patch_size or width % self.patch_size:
@@ -104,7 +179,8 @@ class ViT(nn.Module):
                 "Fix: choose a patch_size that divides both sides, e.g. 2 or 4 for 8x8."
             )
         p = self.patch_size
-        h = nn.Conv(self.hidden, (p, p), strides=(p, p), padding="VALID", name="patch_embed")(h)
+        init = init_for(p * p * h.shape[-1])
+        h = nn.Conv(self.hidden, (p, p), (p, p), padding="VALID", name="patch_embed", **init)(h)
         h = h.reshape(h.shape[0], -1, self.hidden)
         if self.pool == "cls":
             cls = self.param("cls_token", nn.initializers.zeros, (1, 1, self.hidden))
@@ -113,10 +189,10 @@ class ViT(nn.Module):
             "pos_embed", nn.initializers.normal(stddev=0.02), (1, h.shape[1], self.hidden)
         )
         h = h + pos
-        for i in range(self.depth):
-            h = EncoderBlock(self.num_heads, self.mlp_dim, name=f"block{i + 1}")(h)
+        for i, mlp_dim in enumerate(self.block_mlp_dims):
+            h = EncoderBlock(self.num_heads, mlp_dim, self.initializer, name=f"block{i + 1}")(h)
         h = nn.LayerNorm(name="final_ln")(h)
         h = h[:, 0] if self.pool == "cls" else jnp.mean(h, axis=1)
         if features_only:
             return h
-        return nn.Dense(self.num_classes, name="head")(h)
+        return nn.Dense(self.num_classes, name="head", **init_for(h.shape[-1]))(h)

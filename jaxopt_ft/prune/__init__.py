@@ -3,7 +3,7 @@
 Masks are bool pytrees with exactly the params' structure (True = keep). The usual flow::
 
   tx = prune.wrap(optax.adam(1e-3), sparsity=0.9, begin_step=1000, end_step=5000,
-                  frequency=100, exclude_first=True)
+                  frequency=100)
   ...train...
   params = prune.finalize(params, prune.find_masks(opt_state))
   print(prune.format_summary(prune.summary(params, prune.nonzero_masks(params))))
@@ -16,6 +16,9 @@ Structured pruning removes whole units and shrinks the model::
 """
 
 from jaxopt_ft.prune.allocate import (
+    DISTRIBUTIONS,
+    SCOPES,
+    check_scope,
     check_sparsity,
     compute_masks,
     layer_densities,
@@ -50,16 +53,16 @@ from jaxopt_ft.prune.schedules import (
     update_steps,
 )
 from jaxopt_ft.prune.scores import (
+    SCORERS,
     magnitude_scores,
     random_scores,
     saliency_scores,
     snip_scores,
 )
 from jaxopt_ft.prune.structured import (
+    NORMS,
     Compacted,
-    UnitGroup,
     compact,
-    group_names,
     structured_masks,
     structured_sparsity,
     unit_groups,
@@ -75,12 +78,16 @@ from jaxopt_ft.prune.wrapper import (
 __all__ = [
     "Compacted",
     "DEFAULT_RULES",
+    "DISTRIBUTIONS",
     "EXPORT_FORMATS",
+    "NORMS",
     "PruneState",
+    "SCOPES",
+    "SCORERS",
     "SparsitySchedule",
-    "UnitGroup",
     "apply_masks",
     "check_masks",
+    "check_scope",
     "check_sparsity",
     "compact",
     "compute_masks",
@@ -90,7 +97,6 @@ __all__ = [
     "find_masks",
     "find_states",
     "format_summary",
-    "group_names",
     "iterative_sparsities",
     "layer_densities",
     "load_sparse",

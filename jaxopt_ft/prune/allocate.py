@@ -1,11 +1,16 @@
 """From scores to masks: exact counts per layer (uniform or ERK) or one global threshold.
 
-Counting rule: a scope of ``n`` weights at sparsity ``s`` loses ``k = round(s * n)`` weights
-(round half up), the ``k`` lowest scores. Ties are broken deterministically by a stable sort:
-among equal scores the lower flat index (leaf order, then row-major position) is pruned first.
+Counting rule (torch.nn.utils.prune's ``_compute_nparams_toprune``): a scope of ``n`` weights
+at sparsity ``s`` loses ``k = round(s * n)`` weights, Python's ``round`` of the float64 product
+(half to even: 0.5 of 25 weights removes 12, 0.25 of 10 channels removes 2), the ``k`` lowest
+scores. A scope is one leaf (``scope="layer"``, like ``l1_unstructured``), all prunable leaves
+together (``scope="global"``, like ``global_unstructured``) or, for ERK, the total that the
+per-layer counts share. Ties are broken deterministically by a stable sort: among equal scores
+the lower flat index (leaf order, then row-major position) is pruned first.
 
-Sparsity may be a Python float (counts computed exactly on the host) or a traced scalar inside
-``jit`` (counts computed in float32, as :func:`prune.wrap` does on a gradual schedule).
+Sparsity may be a Python float (counts computed exactly on the host, also inside ``jit``: the
+sizes are static shapes) or a traced float32 scalar (counts rounded in float32, see
+:func:`num_removed`; :func:`prune.wrap` computes the count of its final sparsity on the host).
 """
 
 from __future__ import annotations
@@ -67,11 +72,18 @@ def check_scope(scope: Any, distribution: Any) -> None:
 
 
 def num_removed(sparsity: Sparsity, n: int) -> int | jax.Array:
-    """``round(sparsity * n)``, round half up: a Python int for a concrete sparsity."""
+    """How many of ``n`` weights (or units) ``sparsity`` removes: ``round(sparsity * n)``.
+
+    torch.nn.utils.prune's rule: the float64 product rounded by Python's ``round``, half to
+    even (``num_removed(0.5, 25) == 12``, ``num_removed(0.25, 10) == 2``). A concrete sparsity
+    gives that Python int. A traced sparsity is float32, so its count is the float32 product
+    rounded half to even; where ``s * n`` lies within float32 precision of a half (0.15 of 190
+    weights) it can differ from the Python count by one.
+    """
     s = check_sparsity(sparsity)
     if s is not None:
-        return min(n, math.floor(s * n + 0.5))
-    k = jnp.floor(jnp.asarray(sparsity, jnp.float32) * n + 0.5).astype(jnp.int32)
+        return min(n, round(s * n))
+    k = jnp.round(jnp.asarray(sparsity, jnp.float32) * n).astype(jnp.int32)
     return jnp.minimum(k, n)
 
 
@@ -126,6 +138,25 @@ def _removed_counts(
     return [removed[i].astype(jnp.int32) for i in range(len(sizes))]
 
 
+def _counts(
+    shapes: Sequence[Sequence[int]], sparsity: Sparsity, *, scope: str, distribution: str
+) -> list[Any]:
+    """Weights to remove: one count per leaf (layer scope) or one for all leaves (global).
+
+    Args:
+      shapes: the prunable leaves' shapes, in leaf order.
+      sparsity: fraction to remove, in ``[0, 1)``; may be traced (see :func:`num_removed`).
+      scope: ``"layer"`` or ``"global"``.
+      distribution: ``"uniform"`` or ``"erk"`` (layer scope).
+
+    Returns:
+      Python ints for a concrete sparsity, int32 scalars for a traced one.
+    """
+    if scope == "global":
+        return [num_removed(sparsity, sum(math.prod(s) for s in shapes))]
+    return _removed_counts(shapes, sparsity, distribution)
+
+
 def layer_densities(
     params: PyTree,
     *,
@@ -145,16 +176,15 @@ def layer_densities(
     flat = tree.flatten(params)
     names = masks_lib.prunable_paths(prunable)
     shapes = [np.shape(flat[p]) for p in names]
-    removed = _removed_counts(shapes, sparsity, distribution)
+    removed = _counts(shapes, sparsity, scope="layer", distribution=distribution)
     return {
         p: 1.0 - r / max(math.prod(s), 1) for p, s, r in zip(names, shapes, removed, strict=True)
     }
 
 
-def _on_host(leaves: list[Any], sparsity: Any = 0.0) -> bool:
+def _on_host(values: list[Any]) -> bool:
     """True when nothing is traced: masks are then computed with numpy (no compilation)."""
-    traced = [x for x in [*leaves, sparsity] if isinstance(x, jax.core.Tracer)]
-    return not traced
+    return not any(isinstance(x, jax.core.Tracer) for x in values)
 
 
 def _rank(x: Any, xp: Any, axis: int = -1) -> Any:
@@ -181,8 +211,9 @@ def masks_from_scores(
       scores: float pytree (higher = keep), the params' structure.
       sparsity: fraction of prunable weights to remove, in ``[0, 1)``; may be traced.
       prunable: bool pytree from :func:`select_prunable`.
-      scope: ``"layer"`` (each prunable leaf to its own target) or ``"global"`` (one
-        threshold across all prunable leaves).
+      scope: ``"layer"`` (each prunable leaf loses ``round(s * n_leaf)``, like
+        ``torch.nn.utils.prune.l1_unstructured`` per tensor) or ``"global"`` (one threshold:
+        ``round(s * n_total)`` over all prunable leaves, like ``global_unstructured``).
       distribution: per-layer targets for ``scope="layer"``: ``"uniform"`` or ``"erk"``.
 
     Returns:
@@ -191,19 +222,31 @@ def masks_from_scores(
     check_sparsity(sparsity)
     check_scope(scope, distribution)
     flat = tree.flatten(scores)
+    shapes = [np.shape(flat[p]) for p in masks_lib.prunable_paths(prunable)]
+    counts = _counts(shapes, sparsity, scope=scope, distribution=distribution)
+    return _masks_from_counts(scores, counts, prunable=prunable, scope=scope)
+
+
+def _masks_from_counts(
+    scores: PyTree, counts: Sequence[Any], *, prunable: PyTree, scope: str
+) -> PyTree:
+    """Masks that drop the ``counts`` lowest prunable scores (see :func:`_counts`).
+
+    Computed with numpy when nothing is traced (no compilation), else with jnp.
+    """
+    flat = tree.flatten(scores)
     names = masks_lib.prunable_paths(prunable)
-    xp = np if _on_host(list(flat.values()), sparsity) else jnp
+    xp = np if _on_host([*flat.values(), *counts]) else jnp
     if xp is np:
         flat = {p: np.asarray(jax.device_get(x)) for p, x in flat.items()}
     out = {p: xp.ones(xp.shape(x), bool) for p, x in flat.items()}
     if scope == "layer":
-        removed = _removed_counts([xp.shape(flat[p]) for p in names], sparsity, distribution)
-        for p, k in zip(names, removed, strict=True):
+        for p, k in zip(names, counts, strict=True):
             out[p] = _keep_top(xp.ravel(flat[p]), k, xp).reshape(xp.shape(flat[p]))
     else:
         sizes = [int(np.size(flat[p])) for p in names]
         allscores = xp.concatenate([xp.ravel(flat[p]).astype(xp.float32) for p in names])
-        keep = _keep_top(allscores, num_removed(sparsity, sum(sizes)), xp)
+        keep = _keep_top(allscores, counts[0], xp)
         offsets = np.cumsum([0, *sizes])
         for p, a, b in zip(names, offsets[:-1], offsets[1:], strict=True):
             out[p] = keep[a:b].reshape(xp.shape(flat[p]))

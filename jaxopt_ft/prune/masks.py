@@ -7,6 +7,7 @@ weight. Leaves that are not prunable carry all-True masks, so a mask is never ``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -28,6 +29,7 @@ def select_prunable(
     *,
     exclude_first: bool = False,
     exclude_last: bool = False,
+    layer_order: Sequence[str] | None = None,
 ) -> PyTree:
     """Returns a pytree of Python bools with ``params``' structure: True = prunable.
 
@@ -36,17 +38,17 @@ def select_prunable(
       rules: ``[(regex, bool), ...]`` over leaf paths, first full match wins; leaves no rule
         covers are not prunable. A rule that matches no path is an error. ``None`` selects
         every ``kernel`` leaf with ``ndim >= 2``.
-      exclude_first: leave the first prunable leaf (in leaf order) dense.
-      exclude_last: leave the last prunable leaf (in leaf order) dense.
-
-    Leaf order is ``jax.tree`` order: dict keys sorted. For the bundled MLP, CNN and LeNet
-    models (``conv1, conv2, dense1, ..., head``) that is the forward order. It is not for the
-    ResNet (``head`` sorts before ``stage1_block1`` and ``stem_conv`` after the stages), so
-    there pass rules instead, e.g. ``[("stem_conv/kernel", False), (".*/kernel", True)]``.
+      exclude_first: leave the first layer (in ``layer_order``) that has prunable leaves dense.
+      exclude_last: leave the last such layer dense.
+      layer_order: the weight layers' paths in forward order (``model.layer_order()`` for the
+        bundled models); a leaf belongs to the longest layer path that prefixes it. Required
+        by ``exclude_first``/``exclude_last``: leaf order sorts names, which is not forward
+        order (the ResNet's ``head`` sorts before its ``stem_conv``).
 
     Raises:
-      ValueError: a rule matches no parameter, a rule value is not a bool, or no leaf is
-        prunable.
+      ValueError: a rule matches no parameter, a rule value is not a bool, no leaf is
+        prunable, ``exclude_first``/``exclude_last`` without ``layer_order``, or a prunable
+        leaf that ``layer_order`` does not cover.
     """
     flat = tree.flatten(params)
     if rules is None:
@@ -63,11 +65,11 @@ def select_prunable(
                 "Fix: use rules such as [(r'.*conv.*/kernel', True)]."
             )
         chosen = {p: bool(v) for p, v in chosen.items()}
-    selected = [p for p, v in chosen.items() if v]
-    if exclude_first and selected:
-        chosen[selected[0]] = False
-    if exclude_last and selected:
-        chosen[selected[-1]] = False
+    if exclude_first or exclude_last:
+        layers = _layers_in_order([p for p, v in chosen.items() if v], layer_order)
+        dense = [*(layers[:1] if exclude_first else []), *(layers[-1:] if exclude_last else [])]
+        for p in (p for layer in dense for p in layer):
+            chosen[p] = False
     if not any(chosen.values()):
         raise ValueError(
             f"No prunable parameters among {list(flat)} (rules={rules!r}, "
@@ -75,6 +77,37 @@ def select_prunable(
             "Fix: pass rules that select at least one weight, e.g. [(r'.*/kernel', True)]."
         )
     return tree.unflatten_like(params, chosen)
+
+
+def _layers_in_order(paths: list[str], layer_order: Sequence[str] | None) -> list[list[str]]:
+    """``paths`` grouped by the layer they belong to, the layers in ``layer_order``."""
+    if layer_order is None:
+        raise ValueError(
+            "exclude_first/exclude_last need the model's forward layer order: sorted leaf "
+            "order is not forward order (the ResNet's head sorts before its stem_conv). "
+            "Fix: pass layer_order=model.layer_order(), or leave those layers dense with "
+            "rules, e.g. [('conv1/kernel', False), ('.*/kernel', True)]."
+        )
+    if isinstance(layer_order, str):
+        raise TypeError(
+            f"layer_order={layer_order!r} must be a sequence of layer paths, not one string. "
+            "Fix: pass e.g. ('conv1', 'conv2', 'head')."
+        )
+    order = list(layer_order)
+    by_layer: dict[int, list[str]] = {}
+    uncovered = []
+    for p in paths:
+        owners = [i for i, layer in enumerate(order) if p.startswith(f"{layer}/")]
+        if not owners:
+            uncovered.append(p)
+            continue
+        by_layer.setdefault(max(owners, key=lambda i: len(order[i])), []).append(p)
+    if uncovered:
+        raise ValueError(
+            f"layer_order {order} does not cover the prunable leaves {uncovered}. Fix: pass "
+            "the layer order of the model these params belong to (model.layer_order())."
+        )
+    return [by_layer[i] for i in sorted(by_layer)]
 
 
 def prunable_paths(prunable: PyTree) -> list[str]:

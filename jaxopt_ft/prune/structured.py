@@ -1,25 +1,24 @@
 """Structured pruning: score whole units, mask them, and compact the model so it really shrinks.
 
 A *unit group* is a set of units (Dense neurons or Conv output channels) that are removed
-together: the producing kernels' output columns, their biases and BatchNorm entries, and the
-consuming kernels' input rows. Supported models and their groups:
+together: the producing kernels' output columns, their biases and norm entries, and the
+consuming kernels' input rows. Models declare their groups themselves, so this module names
+no model: a model that structured pruning can shrink has
 
-- ``MLP`` (residual=False) and ``LeNet300``: each hidden Dense layer ``dense{i}``.
-- ``MLP`` with ``residual=True``: one group ``hidden`` over all hidden layers, because the
-  skip connections add them into one stream; a unit is removed from every layer at once.
-- ``CNN1D`` and ``LeNet5``: each conv ``conv{i}`` and hidden Dense ``dense{i}``; the last conv
-  feeds the Dense after the flatten, where channel ``c`` owns inputs ``p * C + c``.
-- ``ResNet``: the inner channels of every block (``stage{s}_block{b}/conv1`` with ``bn1``,
-  consumed by ``conv2``). Residual adds tie the stem, ``conv2`` and projection outputs of a
-  stage together, so those stream channels are left alone.
+- ``model.unit_groups()``: its groups, each with ``name``, ``size``, ``producers`` (params
+  paths whose last axis indexes the units), ``stats`` (batch_stats paths likewise) and
+  ``consumers`` (kernel paths whose input axis -2 holds the units, possibly repeated over
+  positions after a flatten: index ``p * size + unit``); see ``jaxopt_ft.models.UnitGroup``;
+- ``model.narrowed(sizes)``: the same model with group ``name`` ``sizes[name]`` units wide.
 
 Masked model and compacted model agree because every removed unit outputs exactly zero in the
-masked model (kernel column, bias and BatchNorm scale/bias masked; ReLU and max-pool keep 0 at
-0) and its consumers' rows are dropped.
+masked model (kernel column, bias and norm scale/bias masked; the activation keeps 0 at 0) and
+its consumers' rows are dropped.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -27,36 +26,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxopt_ft import models, tree
+from jaxopt_ft import tree
 from jaxopt_ft.prune import allocate
 from jaxopt_ft.prune import masks as masks_lib
 
 PyTree = Any
+# A unit group as a model declares it (jaxopt_ft.models.UnitGroup or any object with its
+# attributes); this module reads name, size, producers, stats and consumers.
+Group = Any
 NORMS = ("l1", "l2")
-SUPPORTED = ("MLP", "LeNet300", "CNN1D", "LeNet5", "ResNet")
-
-
-class UnitGroup(NamedTuple):
-    """Units removed together, and where they live.
-
-    Attributes:
-      name: group name (``"conv2"``, ``"stage1_block1/conv1"``, ``"hidden"``).
-      size: number of units.
-      producers: params paths whose last axis indexes the units (kernels, biases, BN).
-      stats: batch_stats paths whose last axis indexes the units (BN mean and var).
-      consumers: params kernel paths whose input axis (-2) holds the units, possibly
-        repeated over positions after a flatten (index ``p * size + unit``).
-      field: the model field holding this group's width.
-      index: position in that field's tuple, or None when the group sets every entry.
-    """
-
-    name: str
-    size: int
-    producers: tuple[str, ...]
-    stats: tuple[str, ...]
-    consumers: tuple[str, ...]
-    field: str
-    index: int | None
 
 
 class Compacted(NamedTuple):
@@ -75,100 +53,30 @@ class Compacted(NamedTuple):
     kept: dict[str, np.ndarray]
 
 
-def _chain(names: list[str], widths: tuple[int, ...], field: str, last: str) -> list[UnitGroup]:
-    """Groups for layers ``names`` that each feed the next one (the last feeds ``last``)."""
-    groups = []
-    for i, (name, width) in enumerate(zip(names, widths, strict=True)):
-        consumer = names[i + 1] if i + 1 < len(names) else last
-        groups.append(
-            UnitGroup(
-                name=name,
-                size=width,
-                producers=(f"{name}/kernel", f"{name}/bias"),
-                stats=(),
-                consumers=(f"{consumer}/kernel",),
-                field=field,
-                index=i,
-            )
+def _declared(model: nn.Module, method: str) -> Any:
+    fn = getattr(model, method, None)
+    if not callable(fn):
+        raise ValueError(
+            f"{type(model).__name__} has no {method}() method: it declares no prunable unit "
+            "groups, so structured pruning cannot shrink it. Fix: define unit_groups() and "
+            "narrowed(sizes) on the model (see jaxopt_ft.models.UnitGroup), or prune it "
+            "unstructured with prune.compute_masks."
         )
-    return groups
+    return fn
 
 
-def _widths(model: nn.Module) -> tuple[dict[str, list[int]], dict[str, Any]]:
-    """The model's current width fields (after width_mult) and fixed overrides for clone."""
-    if isinstance(model, models.MLP):
-        return {"hidden": list(model.effective_hidden)}, {"width_mult": 1.0}
-    if isinstance(model, models.LeNet300):
-        return {"hidden": list(model.hidden)}, {}
-    if isinstance(model, models.CNN1D):
-        return {"channels": list(model.effective_channels)}, {"width_mult": 1.0}
-    if isinstance(model, models.LeNet5):
-        return {"channels": list(model.channels), "hidden": list(model.hidden)}, {}
-    if isinstance(model, models.ResNet):
-        inner = model.inner_widths
-        if inner is None:
-            inner = [
-                w
-                for w, b in zip(model.stage_widths, model.stage_blocks, strict=True)
-                for _ in range(b)
-            ]
-        return {"inner_widths": list(inner)}, {}
-    raise ValueError(
-        f"Structured pruning does not support {type(model).__name__}; supported models: "
-        f"{list(SUPPORTED)} (from jaxopt_ft.models). Fix: use one of them, or unstructured "
-        "masks (prune.compute_masks) for this model."
-    )
-
-
-def unit_groups(model: nn.Module, params: PyTree) -> list[UnitGroup]:
-    """The prunable unit groups of a supported ``jaxopt_ft.models`` model.
+def unit_groups(model: nn.Module, params: PyTree) -> list[Group]:
+    """The prunable unit groups ``model`` declares, checked against ``params``.
 
     Raises:
-      ValueError: unsupported model, or params that do not belong to this model.
+      ValueError: the model declares no groups, or params that do not belong to it.
     """
-    widths, _ = _widths(model)
-    if isinstance(model, models.MLP | models.LeNet300):
-        hidden = widths["hidden"]
-        names = [f"dense{i + 1}" for i in range(len(hidden))]
-        if isinstance(model, models.MLP) and model.residual and len(hidden) > 1:
-            groups = [
-                UnitGroup(
-                    name="hidden",
-                    size=hidden[0],
-                    producers=tuple(f"{n}/{leaf}" for n in names for leaf in ("kernel", "bias")),
-                    stats=(),
-                    consumers=tuple(f"{n}/kernel" for n in [*names[1:], "head"]),
-                    field="hidden",
-                    index=None,
-                )
-            ]
-        else:
-            groups = _chain(names, tuple(hidden), "hidden", "head")
-    elif isinstance(model, models.CNN1D):
-        names = [f"conv{i + 1}" for i in range(len(widths["channels"]))]
-        groups = _chain(names, tuple(widths["channels"]), "channels", "head")
-    elif isinstance(model, models.LeNet5):
-        convs = [f"conv{i + 1}" for i in range(len(widths["channels"]))]
-        denses = [f"dense{i + 1}" for i in range(len(widths["hidden"]))]
-        after_convs = denses[0] if denses else "head"
-        groups = _chain(convs, tuple(widths["channels"]), "channels", after_convs)
-        groups += _chain(denses, tuple(widths["hidden"]), "hidden", "head")
-    else:
-        blocks = [
-            f"stage{s + 1}_block{b + 1}" for s, n in enumerate(model.stage_blocks) for b in range(n)
-        ]
-        groups = [
-            UnitGroup(
-                name=f"{blk}/conv1",
-                size=w,
-                producers=(f"{blk}/conv1/kernel", f"{blk}/bn1/scale", f"{blk}/bn1/bias"),
-                stats=(f"{blk}/bn1/mean", f"{blk}/bn1/var"),
-                consumers=(f"{blk}/conv2/kernel",),
-                field="inner_widths",
-                index=i,
-            )
-            for i, (blk, w) in enumerate(zip(blocks, widths["inner_widths"], strict=True))
-        ]
+    groups = list(_declared(model, "unit_groups")())
+    if not groups:
+        raise ValueError(
+            f"{type(model).__name__}.unit_groups() declares no groups, so structured pruning "
+            "has nothing to remove. Fix: prune it unstructured with prune.compute_masks."
+        )
     flat = tree.flatten(params)
     missing = [p for g in groups for p in (*g.producers, *g.consumers) if p not in flat]
     wrong = [
@@ -184,7 +92,7 @@ def unit_groups(model: nn.Module, params: PyTree) -> list[UnitGroup]:
 
 
 def unit_scores(
-    params: PyTree, groups: list[UnitGroup], *, norm: str = "l2"
+    params: PyTree, groups: Sequence[Group], *, norm: str = "l2"
 ) -> dict[str, np.ndarray]:
     """Per-unit importance (numpy): the L1 or L2 norm of the units' producer-kernel slices.
 
@@ -216,8 +124,12 @@ def structured_masks(
 ) -> PyTree:
     """Masks that remove the lowest-norm units of every group (at least one unit is kept).
 
+    A group of ``n`` units at sparsity ``s`` loses ``round(s * n)`` units (half to even) with
+    the smallest norms, as ``torch.nn.utils.prune.ln_structured`` does along the output axis,
+    except that one unit always stays (torch can remove them all; a model cannot).
+
     Args:
-      model: a supported ``jaxopt_ft.models`` model (see module docstring).
+      model: a model that declares its unit groups (see the module docstring).
       params: its params.
       sparsity: fraction of units to remove in each group, or rules
         ``[(regex over group names, fraction)]`` (groups no rule covers stay whole).
@@ -229,7 +141,7 @@ def structured_masks(
       masks' kept count equals the compacted model's parameter count.
 
     Raises:
-      ValueError: unsupported model, bad sparsity or rules, unknown norm.
+      ValueError: a model without unit groups, bad sparsity or rules, unknown norm.
     """
     groups = unit_groups(model, params)
     names = {g.name: 0 for g in groups}
@@ -247,7 +159,7 @@ def structured_masks(
     return _unit_masks(params, groups, removed)
 
 
-def _unit_masks(params: PyTree, groups: list[UnitGroup], removed: dict[str, Any]) -> PyTree:
+def _unit_masks(params: PyTree, groups: Sequence[Group], removed: dict[str, Any]) -> PyTree:
     flat = tree.flatten(params)
     out = {p: np.ones(np.shape(x), bool) for p, x in flat.items()}
     for g in groups:
@@ -286,16 +198,16 @@ def compact(
     ``model.apply(apply_masks(params, masks))`` (eval mode for BatchNorm models).
 
     Args:
-      model: a supported ``jaxopt_ft.models`` model.
+      model: a model that declares its unit groups and how to narrow itself.
       params: its params.
       masks: masks for ``params`` (e.g. from :func:`structured_masks`).
-      batch_stats: the model's BatchNorm statistics (required for ResNet).
+      batch_stats: the model's BatchNorm statistics (required when a group has stats).
 
     Returns:
       A :class:`Compacted` with the narrower model, params, batch_stats and kept indices.
 
     Raises:
-      ValueError: unsupported model, mismatched masks, missing batch_stats.
+      ValueError: a model without unit groups, mismatched masks, missing batch_stats.
     """
     groups = unit_groups(model, params)
     masks_lib.check_masks(params, masks)
@@ -310,7 +222,7 @@ def compact(
     s_flat = {}
     if batch_stats is not None:
         s_flat = {p: np.asarray(jax.device_get(x)) for p, x in tree.flatten(batch_stats).items()}
-    widths, overrides = _widths(model)
+    narrowed = _declared(model, "narrowed")
     kept = {}
     for g in groups:
         alive = np.zeros(g.size, bool)
@@ -326,10 +238,7 @@ def compact(
             s_flat[p] = _slice_last(s_flat[p], keep)
         for p in g.consumers:
             p_flat[p] = _slice_inputs(p_flat[p], keep, g.size)
-        values = widths[g.field]
-        for i in range(len(values)) if g.index is None else [g.index]:
-            values[i] = int(keep.size)
-    new_model = model.clone(**{f: tuple(v) for f, v in widths.items()}, **overrides)
+    new_model = narrowed({name: int(keep.size) for name, keep in kept.items()})
     new_params = _nested_like(params, p_flat)
     new_stats = None if batch_stats is None else _nested_like(batch_stats, s_flat)
     return Compacted(new_model, new_params, new_stats, kept)
@@ -344,8 +253,3 @@ def structured_sparsity(compacted: Compacted, params: PyTree) -> float:
     """Fraction of ``params``' entries that compaction removed."""
     before, after = tree.count_params(params), tree.count_params(compacted.params)
     return 0.0 if before == 0 else 1.0 - after / before
-
-
-def group_names(model: nn.Module, params: PyTree) -> list[str]:
-    """Names of the model's unit groups (for ``structured_masks`` rules)."""
-    return [g.name for g in unit_groups(model, params)]

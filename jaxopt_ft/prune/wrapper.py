@@ -161,8 +161,10 @@ def wrap(
       scope: ``"layer"`` or ``"global"``.
       distribution: ``"uniform"`` or ``"erk"`` (layer scope).
       rules: prunable rules ``[(regex, bool)]``; default kernels with ndim >= 2.
-      exclude_first: keep the first prunable leaf dense.
-      exclude_last: keep the last prunable leaf dense.
+      exclude_first: must be False: keeping the first layer dense needs the model's layer
+        order, which ``wrap`` does not take; select with :func:`select_prunable`
+        (``layer_order=model.layer_order()``) and pass that selection as ``rules``.
+      exclude_last: must be False, likewise.
       begin_step: first pruning step (update count).
       end_step: last pruning step for gradual pruning.
       frequency: steps between mask updates.
@@ -174,13 +176,17 @@ def wrap(
       :class:`PruneState` (find it in any opt_state with :func:`find_masks`).
 
     Raises:
-      ValueError: inconsistent or invalid options (at construction), rules matching no
-        parameter or mismatched ``masks`` (at ``init``), ``params=None`` (at ``update``).
+      ValueError: inconsistent or invalid options, ``exclude_first``/``exclude_last`` (at
+        construction), rules matching no parameter or mismatched ``masks`` (at ``init``),
+        ``params=None`` (at ``update``).
 
     Example::
 
+      chosen = prune.select_prunable(params, exclude_first=True,
+                                     layer_order=model.layer_order())
+      rules = [(re.escape(p), v) for p, v in tree.flatten(chosen).items()]
       tx = prune.wrap(optax.adam(1e-3), sparsity=0.9, begin_step=1000, end_step=5000,
-                      frequency=100, exclude_first=True)
+                      frequency=100, rules=rules)
       opt_state = tx.init(params)
       updates, opt_state = tx.update(grads, opt_state, params)
     """
@@ -194,12 +200,18 @@ def wrap(
         raise ValueError(
             "prune.wrap(scorer='random') needs a key. Fix: pass key=jax.random.key(seed)."
         )
+    if exclude_first or exclude_last:
+        raise ValueError(
+            f"prune.wrap(exclude_first={exclude_first}, exclude_last={exclude_last}) needs the "
+            "model's layer order, which wrap does not take. Fix: chosen = "
+            "prune.select_prunable(params, rules, exclude_first=..., exclude_last=..., "
+            "layer_order=model.layer_order()), then pass rules=[(re.escape(p), v) for p, v "
+            "in jaxopt_ft.tree.flatten(chosen).items()] and leave both False."
+        )
     nm_pair = None if nm is None else allocate._unpack_nm(nm)
 
     def prunable_of(params: PyTree) -> PyTree:
-        return masks_lib.select_prunable(
-            params, rules, exclude_first=exclude_first, exclude_last=exclude_last
-        )
+        return masks_lib.select_prunable(params, rules)
 
     def init_fn(params: PyTree) -> PruneState:
         count = jnp.zeros([], jnp.int32)
@@ -216,6 +228,19 @@ def wrap(
             start = tree.unflatten_like(params, flat)
         return PruneState(count=count, masks=start, inner_state=inner.init(params))
 
+    def scheduled_masks(scores: PyTree, prunable: PyTree, step: jax.Array) -> PyTree:
+        sparsity = schedule.sparsity(step)
+        flat = tree.flatten(scores)
+        shapes = [jnp.shape(flat[p]) for p in masks_lib.prunable_paths(prunable)]
+        kw = {"scope": scope, "distribution": distribution}
+        # The traced sparsity is float32, whose product with a size can round to the other
+        # side of a half; at the final sparsity use the host's exact counts instead.
+        final = allocate._counts(shapes, schedule.final_sparsity, **kw)
+        now = allocate._counts(shapes, sparsity, **kw)
+        at_final = sparsity == jnp.float32(schedule.final_sparsity)
+        counts = [jnp.where(at_final, a, b) for a, b in zip(final, now, strict=True)]
+        return allocate._masks_from_counts(scores, counts, prunable=prunable, scope=scope)
+
     def recompute(params: PyTree, grads: PyTree, state: PruneState) -> PyTree:
         prunable = prunable_of(params)
         step_key = None if key is None else jax.random.fold_in(key, state.count)
@@ -226,13 +251,7 @@ def wrap(
         else:
             # Pruned weights score -inf so masks only shrink while sparsity grows.
             s = tree.map_with_path(lambda p, x: jnp.where(old[p], x, -jnp.inf), s)
-            new = allocate.masks_from_scores(
-                s,
-                sparsity=schedule.sparsity(state.count),
-                prunable=prunable,
-                scope=scope,
-                distribution=distribution,
-            )
+            new = scheduled_masks(s, prunable, state.count)
         new_flat = tree.flatten(new)
         chosen = set(masks_lib.prunable_paths(prunable))
         flat = {p: new_flat[p] if p in chosen else old[p] for p in old}
