@@ -34,8 +34,8 @@ results: bench experiments  # then regenerate the README's Results section
 	$(PY) scripts/update_readme.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff format --check jaxopt_ft tests configs benchmarks
-	$(VENV)/bin/ruff check jaxopt_ft tests configs benchmarks
+	$(VENV)/bin/ruff format --check jaxopt_ft tests configs benchmarks scripts
+	$(VENV)/bin/ruff check jaxopt_ft tests configs benchmarks scripts
 
 clean:
 	rm -rf $(VENV) runs

@@ -2,7 +2,7 @@
 
     python benchmarks/augment.py [--steps 1000] [--repeats 5] [--ops "crop(pad=1)"]
 
-Both loops are `train.fit` over the same batches with the same optimizer; the augmented one
+Both loops are `loop.fit` over the same batches with the same optimizer; the augmented one
 applies ``--ops`` (default: the ops of configs/digits_augment.py) inside the jitted step.
 Rounds alternate so machine noise hits both alike. Prints ms/step for each and the ratio
 augmented / plain (target <= 1.15), then one JSON line.
@@ -16,7 +16,7 @@ import statistics
 
 import jax
 
-from jaxopt_ft import data, models, optim, timing, train
+from jaxopt_ft import data, loop, models, optim, timing, train
 from jaxopt_ft.data import augment
 
 DEFAULT_OPS = "crop(pad=1), rotate(degrees=10)"
@@ -26,7 +26,7 @@ def ms_per_step(step_fn, tx, model, params, ds, steps: int) -> float:
     state = train.TrainState.create(
         apply_fn=model.apply, params=jax.tree.map(lambda x: x.copy(), params), tx=tx
     )
-    _, summary = train.fit(
+    _, summary = loop.fit(
         state,
         step_fn,
         lambda s: data.train_batches(ds, batch_size=64, seed=0, start_step=s),

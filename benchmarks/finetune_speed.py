@@ -5,8 +5,8 @@ Setup: the MNIST-1D CNN at 64 channels (28,298 params; the convolutions dominate
 AdamW, jitted steps with the state donated. Timings interleave the variants and report medians
 over repeats.
 
-- ``partial_step_vs_full``: `finetune.make_train_step` with every conv frozen (the trunk runs
-  forward only: `jax.grad` sees only the head) against `train.make_train_step` training
+- ``partial_step_vs_full``: `train.make_train_step(trainable=...)` with every conv frozen (the
+  trunk runs forward only: `jax.grad` sees only the head) against `train.make_train_step` training
   everything. Target <= 0.7. Also printed, for reference: only ``conv1`` frozen, and the common
   recipe (`multi_transform` + `set_to_zero` over the full gradient) with and without a
   global-norm clip, which reads every gradient and so keeps XLA from dropping the frozen ones.
@@ -66,7 +66,7 @@ def _runner(kind: str, batches: list):
         if kind.startswith("set_to_zero"):
             step = train.make_train_step()  # the full gradient, zeroed afterwards
         else:
-            step = finetune.make_train_step(labels)
+            step = train.make_train_step(trainable=finetune.trainable_mask(labels))
     state = train.TrainState.create(apply_fn=MODEL.apply, params=params, tx=tx)
     step = jax.jit(step, donate_argnums=0)
     holder = {"state": state, "i": 0}

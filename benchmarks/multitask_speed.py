@@ -39,14 +39,14 @@ SPEC = {
 
 def _batch(batch_size: int, tasks) -> dict:
     ds = data.load("mnist1d", "train")
-    targets = mt.derive_targets(ds, tasks)
+    targets = data.derive_targets(ds, [t.name for t in tasks])
     return {"x": ds.x[:batch_size], "targets": {k: v[:batch_size] for k, v in targets.items()}}
 
 
 def _step_runner(tasks, method_name: str, batch: dict):
     model = mt.MultiTaskModel(models.get("cnn"), tasks)
     method = mt.Method(name=method_name)
-    state = mt.init_state(
+    state, method = mt.init_state(
         model, method, key=jax.random.PRNGKey(0), sample_x=batch["x"][:1], tx=optax.adam(1e-3)
     )
     step = jax.jit(mt.make_train_step(tasks, method), donate_argnums=0)

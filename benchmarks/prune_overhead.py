@@ -67,7 +67,7 @@ def train_step_figure(*, blocks: int, per_block: int) -> dict[str, Any]:
             begin_step=0,
             end_step=10**6,
             frequency=1000,
-            exclude_first=True,
+            rules=[("conv1/.*", False), (".*/kernel", True), (".*", False)],  # conv1 stays dense
         )
     )
     t = timing.time_side_by_side(

@@ -3,7 +3,7 @@
     python benchmarks/train_step.py [--steps 400] [--repeats 15]
 
 Both loops draw the same batches from the same loader; ours goes through
-`train.make_train_step` + `train.fit` (TrainState, donated state, per-step keys, metrics,
+`train.make_train_step` + `loop.fit` (TrainState, donated state, per-step keys, metrics,
 progress bookkeeping). Rounds alternate between the two so machine noise hits both alike.
 Prints steps/s for each and the time ratio ours / plain (the median over rounds of each
 round's ratio; target <= 1.10).
@@ -20,7 +20,7 @@ import time
 import jax
 import optax
 
-from jaxopt_ft import data, models, timing, train
+from jaxopt_ft import data, loop, models, timing, train
 
 
 def plain_loop(model, params, ds, steps):
@@ -51,7 +51,7 @@ def plain_loop(model, params, ds, steps):
 
 def our_loop(model, params, ds, steps):
     state = train.TrainState.create(apply_fn=model.apply, params=params, tx=optax.adam(1e-2))
-    _, summary = train.fit(
+    _, summary = loop.fit(
         state,
         train.make_train_step(),
         lambda s: data.train_batches(ds, batch_size=100, seed=0, start_step=s),

@@ -13,12 +13,12 @@ the README's generated tables). Without the prepared data the command stops at o
 message saying how to prepare it.
 """
 
-from jaxopt_ft.experiments.common import base_config
+from jaxopt_ft.experiments.settings import base_config
 
 
 def get_config(arg=None):
     del arg
-    config = base_config()
+    config = base_config("train")
     config.dataset.name = "cifar10"
     config.model.name = "lenet5"
     config.optimizer.learning_rate = 1e-3

@@ -22,15 +22,12 @@ batches in both arms), 274 s of CPU time, 6.5 min of wall time on a shared 2-cor
 How the defaults were chosen: docs/ablations.md#digits_augment
 """
 
-import ml_collections
-
-from jaxopt_ft.experiments.common import base_config
+from jaxopt_ft.experiments.settings import base_config
 
 
 def get_config(arg=None):
     del arg
-    config = base_config()
-    config.experiment = "augment"
+    config = base_config("augment")
     config.dataset.name = "digits"
     config.model.name = "lenet5"
     config.optimizer.name = "adam"
@@ -41,7 +38,7 @@ def get_config(arg=None):
     config.train.log_every = 500
     config.eval.batch_size = 500
     config.checkpoint.every_steps = 0
-    config.subset = ml_collections.ConfigDict({"fraction": 0.1})
+    config.subset.fraction = 0.1
     config.augment.ops = "crop(pad=1), rotate(degrees=10)"
     config.augment.seeds = (0, 1, 2, 3, 4)
     return config

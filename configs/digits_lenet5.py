@@ -10,12 +10,12 @@ Expected: test_accuracy about 0.97-0.99 in well under a minute on 2 CPU cores (n
 README's generated tables).
 """
 
-from jaxopt_ft.experiments.common import base_config
+from jaxopt_ft.experiments.settings import base_config
 
 
 def get_config(arg=None):
     del arg
-    config = base_config()
+    config = base_config("train")
     config.dataset.name = "digits"
     config.model.name = "lenet5"
     config.optimizer.learning_rate = 1e-3

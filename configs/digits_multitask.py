@@ -29,8 +29,7 @@ ink-any <= 0.0332. Measured: 104-157 s of CPU time on 2 cores shared with other 
 The tasks and the earlier seeds 0-2 reading: docs/ablations.md#digits_multitask
 """
 
-from jaxopt_ft.experiments.common import base_config
-from jaxopt_ft.experiments.multitask import config_section
+from jaxopt_ft.experiments.settings import base_config, select_tasks
 
 TASKS = {
     "digit": {"kind": "classification", "num_classes": 10, "loss": "cross_entropy"},
@@ -41,8 +40,7 @@ TASKS = {
 
 
 def get_config(arg=None):
-    config = base_config()
-    config.experiment = "multitask"
+    config = base_config("multitask")
     config.dataset.name = "digits"
     config.model.name = "lenet5"
     config.model.channels = (6, 16)
@@ -54,5 +52,5 @@ def get_config(arg=None):
     config.train.batch_size = 64
     config.eval.batch_size = 500
     config.checkpoint.every_steps = 300
-    config.multitask = config_section(TASKS, arg)
+    select_tasks(config, TASKS, arg)
     return config

@@ -29,15 +29,12 @@ With 5 labels per class (the second command) full fine-tuning beats scratch, 0.8
 Why pretraining does not help here, and an earlier table: docs/ablations.md#digits_transfer
 """
 
-import ml_collections
-
-from jaxopt_ft.experiments.common import base_config
+from jaxopt_ft.experiments.settings import base_config
 
 
 def get_config(arg=None):
     del arg
-    config = base_config()
-    config.experiment = "transfer"
+    config = base_config("transfer")
     config.dataset.name = "digits"
     config.model.name = "lenet5"
     config.optimizer.name = "adam"
@@ -47,28 +44,24 @@ def get_config(arg=None):
     config.train.batch_size = 64
     config.eval.batch_size = 500
     config.checkpoint.every_steps = 1500
-    config.transfer = ml_collections.ConfigDict(
-        {
-            "pretrain_classes": (0, 1, 2, 3, 4),
-            "target_classes": (5, 6, 7, 8, 9),
-            "per_class": 20,
-            "seeds": (0, 1, 2),
-            "modes": ("full", "partial", "linear_probe", "features", "lora", "scratch"),
-            "steps": 200,
-            "batch_size": 50,
-            "optimizer": "adamw",
-            "learning_rate": 3e-3,
-            "scratch_learning_rate": 1e-2,
-            "weight_decay": 1e-4,
-            "lr_mult": {"head": 1.0, "trunk": 1.0, "lora": 1.0},
-            "dont_load": ("head/.*",),
-            "partial_rules": (("conv.*", "frozen"), ("head/.*", "head"), (".*", "trunk")),
-            "lora_targets": ("conv2/kernel", "dense[12]/kernel"),
-            "lora_rank": 4,
-            "lora_alpha": 8.0,
-            "features_solver": "logistic",
-            "features_l2": 100.0,
-            "pretrained": "",
-        }
-    )
+    config.transfer.pretrain_classes = (0, 1, 2, 3, 4)
+    config.transfer.target_classes = (5, 6, 7, 8, 9)
+    config.transfer.per_class = 20
+    config.transfer.seeds = (0, 1, 2)
+    config.transfer.modes = ("full", "partial", "linear_probe", "features", "lora", "scratch")
+    config.transfer.steps = 200
+    config.transfer.batch_size = 50
+    config.transfer.optimizer = "adamw"
+    config.transfer.learning_rate = 0.003
+    config.transfer.scratch_learning_rate = 0.01
+    config.transfer.weight_decay = 0.0001
+    config.transfer.lr_mult = {"head": 1.0, "trunk": 1.0, "lora": 1.0}
+    config.transfer.dont_load = ("head/.*",)
+    config.transfer.partial_rules = (("conv.*", "frozen"), ("head/.*", "head"), (".*", "trunk"))
+    config.transfer.lora_targets = ("conv2/kernel", "dense[12]/kernel")
+    config.transfer.lora_rank = 4
+    config.transfer.lora_alpha = 8.0
+    config.transfer.features_solver = "logistic"
+    config.transfer.features_l2 = 100.0
+    config.transfer.pretrained = ""
     return config

@@ -24,15 +24,12 @@ docs/ablations.md).
 How the defaults were chosen: docs/ablations.md#mnist1d_bits_sweep
 """
 
-import ml_collections
-
-from jaxopt_ft.experiments.common import base_config
+from jaxopt_ft.experiments.settings import base_config
 
 
 def get_config(arg=None):
     del arg
-    config = base_config()
-    config.experiment = "bits_sweep"
+    config = base_config("bits_sweep")
     config.dataset.name = "mnist1d"
     config.model.name = "cnn"
     config.model.channels = (64, 64, 64)
@@ -44,16 +41,11 @@ def get_config(arg=None):
     config.train.batch_size = 100
     config.train.log_every = 500
     config.checkpoint.every_steps = 0
-    config.quant = ml_collections.ConfigDict(
-        {
-            "first_last_bits": 8,  # first and last layer's width in every run; 0 = like the rest
-            "qat_steps": 1000,
-            "learning_rate": 3e-3,
-            "calibration_batches": 10,
-            "observer": "minmax",
-        }
-    )
-    config.sweep = ml_collections.ConfigDict(
-        {"methods": ("ptq_weights", "ptq", "qat"), "bits": (2, 3, 4, 6, 8)}
-    )
+    config.quant.first_last_bits = 8  # first and last layer's width in every run; 0 = like the rest
+    config.quant.qat_steps = 1000
+    config.quant.learning_rate = 0.003
+    config.quant.calibration_batches = 10
+    config.quant.observer = "minmax"
+    config.sweep.methods = ("ptq_weights", "ptq", "qat")
+    config.sweep.bits = (2, 3, 4, 6, 8)
     return config

@@ -20,12 +20,11 @@ Seed 0 in the README's training table (`make results`): test_loss 0.2662, test_a
 How the defaults were chosen: docs/ablations.md#mnist1d_cnn
 """
 
-from jaxopt_ft.experiments.common import base_config
+from jaxopt_ft.experiments.settings import base_config
 
 
 def get_config(arg=None):
-    config = base_config()
-    config.experiment = "train"
+    config = base_config("train")
     config.dataset.name = "mnist1d"
     config.model.name = "cnn"
     config.model.width_mult = float(arg) if arg else 1.0

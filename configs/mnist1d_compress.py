@@ -33,15 +33,12 @@ wall on 2 CPU cores.
 How the defaults were chosen: docs/ablations.md#mnist1d_compress
 """
 
-import ml_collections
-
-from jaxopt_ft.experiments.common import base_config
+from jaxopt_ft.experiments.settings import base_config
 
 
 def get_config(arg=None):
     del arg
-    config = base_config()
-    config.experiment = "compress"
+    config = base_config("compress")
     config.dataset.name = "mnist1d"
     config.model.name = "cnn"
     config.model.channels = (128, 128, 128)
@@ -54,44 +51,36 @@ def get_config(arg=None):
     config.train.log_every = 500
     config.checkpoint.every_steps = 0
     config.eval.timing_repeats = 20
-    config.prune = ml_collections.ConfigDict(
-        {
-            # Unstructured pruning (phase "prune"): at least this fraction of the prunable
-            # weights ends at zero.
-            "sparsity": 0.9,
-            "scorer": "magnitude",  # magnitude | random | saliency
-            "scope": "global",  # layer | global
-            "distribution": "uniform",  # uniform | erk (layer scope)
-            # ((regex over param paths, bool), ...); () = every kernel with ndim >= 2.
-            "rules": (),
-            "exclude_first": True,  # conv1 stays dense
-            "exclude_last": False,
-            "steps": 1500,  # fine-tuning steps, pruning included
-            "begin_fraction": 0.0,  # pruning ramps up between these fractions of the steps
-            "end_fraction": 0.5,
-            "frequency": 50,  # steps between mask updates
-            "learning_rate": 3e-3,
-            "schedule": "cosine",  # of the fine-tuning (and structured) learning rate
-            "export_format": "bitmask",  # bitmask | indices
-            # Structured pruning (phase "structured"): fraction of each layer's units removed.
-            "structured_sparsity": 0.5,
-            # ((regex over layer names, fraction), ...) overrides structured_sparsity per layer.
-            "structured_rules": (),
-            "structured_norm": "l2",  # l1 | l2
-            "structured_steps": 500,
-            "structured_learning_rate": 3e-3,
-        }
-    )
+    # Unstructured pruning (phase "prune"): this fraction of the prunable weights ends at
+    # zero (round(fraction * n) weights, half to even, as torch.nn.utils.prune counts).
+    config.prune.sparsity = 0.9
+    config.prune.scorer = "magnitude"  # magnitude | random | saliency
+    config.prune.scope = "global"  # layer | global
+    config.prune.distribution = "uniform"  # uniform | erk (layer scope)
+    # ((regex over param paths, bool), ...); () = every kernel with ndim >= 2.
+    config.prune.rules = ()
+    config.prune.exclude_first = True  # conv1 stays dense
+    config.prune.exclude_last = False
+    config.prune.steps = 1500  # fine-tuning steps, pruning included
+    config.prune.begin_fraction = 0.0  # pruning ramps up between these fractions of the steps
+    config.prune.end_fraction = 0.5
+    config.prune.frequency = 50  # steps between mask updates
+    config.prune.learning_rate = 0.003
+    config.prune.schedule = "cosine"  # of the fine-tuning (and structured) learning rate
+    config.prune.export_format = "bitmask"  # bitmask | indices
+    # Structured pruning (phase "structured"): fraction of each layer's units removed.
+    config.prune.structured_sparsity = 0.5
+    # ((regex over layer names, fraction), ...) overrides structured_sparsity per layer.
+    config.prune.structured_rules = ()
+    config.prune.structured_norm = "l2"  # l1 | l2
+    config.prune.structured_steps = 500
+    config.prune.structured_learning_rate = 0.003
     # Quantization rows: int8_ptq, int8_weights, qat_int4, pruned_quantized.
-    config.quant = ml_collections.ConfigDict(
-        {
-            "bits": 8,
-            "qat_bits": 4,
-            "first_last_bits": 8,  # first and last layer stay at 8 bits (0: no exception)
-            "qat_steps": 100,
-            "learning_rate": 1e-3,
-            "calibration_batches": 10,
-            "observer": "minmax",
-        }
-    )
+    config.quant.bits = 8
+    config.quant.qat_bits = 4
+    config.quant.first_last_bits = 8  # first and last layer stay at 8 bits (0: no exception)
+    config.quant.qat_steps = 100
+    config.quant.learning_rate = 0.001
+    config.quant.calibration_batches = 10
+    config.quant.observer = "minmax"
     return config

@@ -11,12 +11,12 @@ Expected: test_accuracy about 0.30-0.33 (the paper reports 32 %), params = 410. 
     logistic  410     33.0 +- 0.2 %                          32 %
 """
 
-from jaxopt_ft.experiments.common import base_config
+from jaxopt_ft.experiments.settings import base_config
 
 
 def get_config(arg=None):
     del arg
-    config = base_config()
+    config = base_config("train")
     config.dataset.name = "mnist1d"
     config.model.name = "logistic"
     config.optimizer.learning_rate = 1e-2

@@ -11,12 +11,12 @@ Expected: test_accuracy about 0.65-0.70 (the paper reports 68 %), params = 15210
     mlp    15,210  66.3 +- 1.5 %                          68 %
 """
 
-from jaxopt_ft.experiments.common import base_config
+from jaxopt_ft.experiments.settings import base_config
 
 
 def get_config(arg=None):
     del arg
-    config = base_config()
+    config = base_config("train")
     config.dataset.name = "mnist1d"
     config.model.name = "mlp"
     config.optimizer.learning_rate = 1e-2

@@ -30,8 +30,7 @@ other jobs.
 The tasks and a reading of the results: docs/ablations.md#mnist1d_multitask
 """
 
-from jaxopt_ft.experiments.common import base_config
-from jaxopt_ft.experiments.multitask import config_section
+from jaxopt_ft.experiments.settings import base_config, select_tasks
 
 TASKS = {
     "digit": {"kind": "classification", "num_classes": 10, "loss": "cross_entropy"},
@@ -42,8 +41,7 @@ TASKS = {
 
 
 def get_config(arg=None):
-    config = base_config()
-    config.experiment = "multitask"
+    config = base_config("multitask")
     config.dataset.name = "mnist1d"
     config.model.name = "cnn"
     config.model.channels = (25, 25, 25)
@@ -53,5 +51,5 @@ def get_config(arg=None):
     config.train.steps = 1500
     config.train.batch_size = 100
     config.checkpoint.every_steps = 500
-    config.multitask = config_section(TASKS, arg)
+    select_tasks(config, TASKS, arg)
     return config

@@ -24,15 +24,12 @@ the earlier table in docs/ablations.md).
 How the defaults were chosen: docs/ablations.md#mnist1d_sparsity_sweep
 """
 
-import ml_collections
-
-from jaxopt_ft.experiments.common import base_config
+from jaxopt_ft.experiments.settings import base_config
 
 
 def get_config(arg=None):
     del arg
-    config = base_config()
-    config.experiment = "sparsity_sweep"
+    config = base_config("sparsity_sweep")
     config.dataset.name = "mnist1d"
     config.model.name = "cnn"
     config.model.channels = (128, 128, 128)
@@ -44,24 +41,16 @@ def get_config(arg=None):
     config.train.batch_size = 100
     config.train.log_every = 500
     config.checkpoint.every_steps = 0
-    config.prune = ml_collections.ConfigDict(
-        {
-            "rules": (),
-            "exclude_first": True,
-            "exclude_last": False,
-            "steps": 1000,
-            "begin_fraction": 0.0,
-            "end_fraction": 0.5,
-            "frequency": 50,
-            "learning_rate": 3e-3,
-            "schedule": "cosine",
-        }
-    )
-    config.sweep = ml_collections.ConfigDict(
-        {
-            # Among magnitude-layer, magnitude-global, magnitude-erk, random, saliency.
-            "methods": ("magnitude-layer", "magnitude-global", "random", "saliency"),
-            "sparsities": (0.5, 0.75, 0.9, 0.95, 0.98),
-        }
-    )
+    config.prune.rules = ()
+    config.prune.exclude_first = True
+    config.prune.exclude_last = False
+    config.prune.steps = 1000
+    config.prune.begin_fraction = 0.0
+    config.prune.end_fraction = 0.5
+    config.prune.frequency = 50
+    config.prune.learning_rate = 0.003
+    config.prune.schedule = "cosine"
+    # Among magnitude-layer, magnitude-global, magnitude-erk, random, saliency.
+    config.sweep.methods = ("magnitude-layer", "magnitude-global", "random", "saliency")
+    config.sweep.sparsities = (0.5, 0.75, 0.9, 0.95, 0.98)
     return config

@@ -29,15 +29,12 @@ Single runs: gaps under ~3 points between rows are noise.
 How the defaults were chosen: docs/ablations.md#mnist1d_sweep
 """
 
-import ml_collections
-
-from jaxopt_ft.experiments.common import base_config
+from jaxopt_ft.experiments.settings import base_config
 
 
 def get_config(arg=None):
     del arg
-    config = base_config()
-    config.experiment = "sweep"
+    config = base_config("sweep")
     config.dataset.name = "mnist1d"
     config.model.name = "cnn"
     config.train.steps = 1500
@@ -50,26 +47,20 @@ def get_config(arg=None):
     # 1/11 of the peak after a tenth of the run, and 1,500 steps leave the CNN under-trained).
     config.schedule.decay_rate = 0.1
     config.checkpoint.every_steps = 0
-    config.sweep = ml_collections.ConfigDict(
-        {
-            "optimizers": ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"),
-            "schedules": ("constant", "exponential", "inverse_time", "warmup_cosine"),
-            # Peak learning rate per optimizer at batch 100 (the docstring has the search).
-            "learning_rates": ml_collections.ConfigDict(
-                {
-                    "sgd": 1.0,
-                    "momentum": 0.1,
-                    "nesterov": 0.1,
-                    "adagrad": 0.3,
-                    "rmsprop": 1e-2,
-                    "adam": 1e-2,
-                    "adamw": 1e-2,
-                }
-            ),
-            "warmup_fraction": 0.05,
-            "batch_sizes": (25, 50, 100, 200, 400, 800),
-            "batch_optimizer": "momentum",
-            "batch_schedule": "warmup_cosine",
-        }
-    )
+    config.sweep.optimizers = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
+    config.sweep.schedules = ("constant", "exponential", "inverse_time", "warmup_cosine")
+    # Peak learning rate per optimizer at batch 100 (the docstring has the search).
+    config.sweep.learning_rates = {
+        "sgd": 1.0,
+        "momentum": 0.1,
+        "nesterov": 0.1,
+        "adagrad": 0.3,
+        "rmsprop": 0.01,
+        "adam": 0.01,
+        "adamw": 0.01,
+    }
+    config.sweep.warmup_fraction = 0.05
+    config.sweep.batch_sizes = (25, 50, 100, 200, 400, 800)
+    config.sweep.batch_optimizer = "momentum"
+    config.sweep.batch_schedule = "warmup_cosine"
     return config

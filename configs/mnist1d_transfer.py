@@ -23,15 +23,12 @@ examples of classes 5-9:
 How the defaults were chosen: docs/ablations.md#mnist1d_transfer
 """
 
-import ml_collections
-
-from jaxopt_ft.experiments.common import base_config
+from jaxopt_ft.experiments.settings import base_config
 
 
 def get_config(arg=None):
     del arg
-    config = base_config()
-    config.experiment = "transfer"
+    config = base_config("transfer")
     config.dataset.name = "mnist1d"
     config.model.name = "cnn"
     config.model.channels = (64, 64, 64)
@@ -41,32 +38,28 @@ def get_config(arg=None):
     config.train.steps = 1000
     config.train.batch_size = 100
     config.checkpoint.every_steps = 1000
-    config.transfer = ml_collections.ConfigDict(
-        {
-            "pretrain_classes": (0, 1, 2, 3, 4),
-            "target_classes": (5, 6, 7, 8, 9),
-            "per_class": 20,
-            "seeds": (0, 1, 2),
-            "modes": ("full", "partial", "linear_probe", "features", "lora", "scratch"),
-            "steps": 200,
-            "batch_size": 50,
-            "optimizer": "adamw",
-            "learning_rate": 3e-3,
-            "scratch_learning_rate": 1e-2,
-            "weight_decay": 1e-4,
-            # Per-group learning-rate multipliers (discriminative fine-tuning): every label of
-            # the freeze rules except "frozen" needs one.
-            "lr_mult": {"head": 1.0, "trunk": 1.0, "lora": 1.0},
-            "dont_load": ("head/.*",),
-            "partial_rules": (("conv1/.*", "frozen"), ("head/.*", "head"), (".*", "trunk")),
-            "lora_targets": ("conv[123]/kernel",),
-            "lora_rank": 4,
-            "lora_alpha": 8.0,
-            "features_solver": "logistic",
-            "features_l2": 100.0,
-            # A checkpoints directory (workdir/checkpoints/<phase>) of the same architecture to
-            # adapt from instead of pretraining here.
-            "pretrained": "",
-        }
-    )
+    config.transfer.pretrain_classes = (0, 1, 2, 3, 4)
+    config.transfer.target_classes = (5, 6, 7, 8, 9)
+    config.transfer.per_class = 20
+    config.transfer.seeds = (0, 1, 2)
+    config.transfer.modes = ("full", "partial", "linear_probe", "features", "lora", "scratch")
+    config.transfer.steps = 200
+    config.transfer.batch_size = 50
+    config.transfer.optimizer = "adamw"
+    config.transfer.learning_rate = 0.003
+    config.transfer.scratch_learning_rate = 0.01
+    config.transfer.weight_decay = 0.0001
+    # Per-group learning-rate multipliers (discriminative fine-tuning): every label of
+    # the freeze rules except "frozen" needs one.
+    config.transfer.lr_mult = {"head": 1.0, "trunk": 1.0, "lora": 1.0}
+    config.transfer.dont_load = ("head/.*",)
+    config.transfer.partial_rules = (("conv1/.*", "frozen"), ("head/.*", "head"), (".*", "trunk"))
+    config.transfer.lora_targets = ("conv[123]/kernel",)
+    config.transfer.lora_rank = 4
+    config.transfer.lora_alpha = 8.0
+    config.transfer.features_solver = "logistic"
+    config.transfer.features_l2 = 100.0
+    # A checkpoints directory (workdir/checkpoints/<phase>) of the same architecture to
+    # adapt from instead of pretraining here.
+    config.transfer.pretrained = ""
     return config

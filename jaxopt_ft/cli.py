@@ -119,15 +119,14 @@ def main(argv) -> None:
     try:
         # A multi-process run ($JAXOPT_FT_COORDINATOR etc.) joins its process group first.
         parallel.initialize()
-        kind = experiments.get(config.get("experiment", "train"))
-        kind.validate(config)
+        kind, settings = experiments.prepare(config)
         check_workdir(workdir, config, allow_change=_ALLOW_CONFIG_CHANGE.value)
     except (ValueError, TypeError) as e:
         if debug:
             raise
         _fail(str(e))
     try:
-        report = kind.run(config, workdir, progress=_PROGRESS.value)
+        report = kind.run(settings, workdir, progress=_PROGRESS.value)
     except (ValueError, TypeError) as e:
         # Errors that need the data or a checkpoint (e.g. a checkpoint of another model) can
         # only be seen once the run starts; they are still bad input, not crashes.

@@ -1,9 +1,10 @@
 """The resumable training loop: `fit` drives a pure step function from Python.
 
-``fit`` jits ``train_step(state, batch, key) -> (state, metrics)`` with the state donated (or
-runs it data-parallel through a `jaxopt_ft.parallel` strategy), one compiled call per step,
-and resumes from orbax checkpoints so a restarted run ends exactly where an uninterrupted one
-does. It is re-exported as ``jaxopt_ft.train.fit``.
+``fit`` compiles ``train_step(state, batch, key) -> (state, metrics)`` through a
+`jaxopt_ft.parallel` strategy (plain ``jax.jit`` with the state donated by default), runs one
+compiled call per step, and resumes from orbax checkpoints so a restarted run ends exactly where
+an uninterrupted one does. Its parts are small and named: :func:`compile_step`,
+:func:`restore`, :class:`MetricsLog` and :class:`NonFiniteMonitor`.
 
 Steps are *micro-steps*: with gradient accumulation (``optim.make(..., accumulate_steps=k)``)
 `fit`'s ``steps`` counts batches, and the parameters move every k-th step.
@@ -44,25 +45,18 @@ class NonFiniteError(ValueError):
     """Training hit too many consecutive non-finite updates (``nan_policy="stop"``)."""
 
 
-_CHECK_LAG = 8
-
-
-@functools.partial(jax.jit, static_argnums=3, donate_argnums=0)
-def _default_step(state, batch, base_key, train_step):
-    # The step key is derived inside the compiled call: no extra dispatch per step. The step
-    # function is a static argument, so fitting again with the same step function and an
-    # equal state structure (e.g. several seeds sharing one optimizer) reuses the program.
-    return train_step(state, batch, jax.random.fold_in(base_key, state.step))
-
-
 @functools.lru_cache(maxsize=64)
-def _strategy_step(strategy: parallel.Strategy, train_step: StepFn) -> StepFn:
-    """``strategy.step`` of ``train_step`` with the step key derived on device (cached)."""
+def compile_step(strategy: parallel.Strategy, train_step: StepFn) -> StepFn:
+    """``strategy.step`` of ``train_step`` with the step key derived on device (cached).
+
+    The compiled step takes ``(state, batch, base_key)`` and runs ``train_step`` with
+    ``fold_in(base_key, state.step)``: no extra dispatch per step, and the same key on every
+    device (replicas must agree on random choices that move shared parameters; per-example
+    randomness under pmap folds in the device index inside `train.make_train_step`). Fitting
+    again with the same step function and strategy reuses the compiled program.
+    """
 
     def keyed_step(state, batch, base_key):
-        # The same key on every device: replicas must agree on random choices that move the
-        # shared parameters (PCGrad's task order, a sampled task). Per-example randomness under
-        # pmap folds in the device index itself (`make_train_step(axis_name=...)`).
         return train_step(state, batch, jax.random.fold_in(base_key, state.step))
 
     return strategy.step(keyed_step)
@@ -83,48 +77,106 @@ def read_metrics(path: str) -> list[dict]:
     return records
 
 
-def _rewrite_metrics(path: str, phase: str, keep_upto: int) -> None:
-    """Drops this phase's records after ``keep_upto`` (a resumed run logs them again)."""
-    if not os.path.exists(path):
-        return
-    kept = [
-        rec
-        for rec in read_metrics(path)
-        if not (rec.get("phase", "train") == phase and rec.get("step", 0) > keep_upto)
-    ]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("".join(json.dumps(rec) + "\n" for rec in kept))
-    os.replace(tmp, path)
+class MetricsLog:
+    """One phase's records in ``metrics.jsonl`` (a no-op without a path)."""
+
+    def __init__(self, path: str | None, phase: str):
+        self.path, self.phase = path, phase
+
+    def _mine(self, rec: dict) -> bool:
+        return rec.get("phase", "train") == self.phase
+
+    def truncate(self, keep_upto: int) -> None:
+        """Drops this phase's records after step ``keep_upto`` (a resumed run logs them again)."""
+        if not self.path or not os.path.exists(self.path):
+            return
+        records = read_metrics(self.path)
+        kept = [r for r in records if not (self._mine(r) and r.get("step", 0) > keep_upto)]
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("".join(json.dumps(rec) + "\n" for rec in kept))
+        os.replace(tmp, self.path)
+
+    def append(self, step: int, values: dict[str, float]) -> None:
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"phase": self.phase, "step": step, **values}) + "\n")
+
+    def at(self, step: int) -> dict | None:
+        """The record of this phase at ``step`` that has a loss, if one was logged."""
+        found = None
+        if self.path:
+            for rec in read_metrics(self.path):
+                if self._mine(rec) and rec.get("step") == step and "loss" in rec:
+                    found = rec
+        return found
 
 
-def _last_logged(path: str, phase: str, step: int) -> dict | None:
-    """The ``metrics.jsonl`` record of ``phase`` at ``step``, if one was logged."""
-    found = None
-    for rec in read_metrics(path):
-        if rec.get("phase", "train") == phase and rec.get("step") == step and "loss" in rec:
-            found = rec
-    return found
+class NonFiniteMonitor:
+    """Stops a run after ``limit`` consecutive skipped updates (``nan_policy="stop"``).
+
+    Every step's counters are read, but only ``lag`` steps later, when that step has long
+    finished: reading them at once would stall the dispatch pipeline.
+    """
+
+    def __init__(self, *, enabled: bool, limit: int, phase: str, ckpt, lag: int = 8):
+        self.enabled, self.limit, self.phase, self.ckpt = enabled, limit, phase, ckpt
+        self.lag = lag
+        self.pending: collections.deque = collections.deque()
+
+    def add(self, done: int, metrics: dict) -> None:
+        if self.enabled and "nonfinite_consecutive" in metrics:
+            self.pending.append((done, metrics))
+            self.check(keep=self.lag)
+
+    def check(self, keep: int = 0) -> None:
+        """Raises :class:`NonFiniteError` for a streak among all but the last ``keep`` steps."""
+        while len(self.pending) > keep:
+            done, metrics = self.pending.popleft()
+            run = int(np.max(np.asarray(jax.device_get(metrics["nonfinite_consecutive"]))))
+            if run >= self.limit:
+                total = int(np.max(np.asarray(jax.device_get(metrics["nonfinite_total"]))))
+                raise self._error(done, run, total)
+
+    def _error(self, done: int, run: int, total: int) -> NonFiniteError:
+        kept = self.ckpt.latest_step() if self.ckpt else None
+        if kept is not None:
+            where = f"the last checkpoint (step {kept}) is kept"
+        else:
+            where = "no checkpoint was written" if self.ckpt else "nothing was saved (no workdir)"
+        return NonFiniteError(
+            f"Training stopped at step {done} of phase {self.phase!r}: {run} consecutive "
+            f"non-finite updates (steps {done - run + 1}-{done}, {total} skipped in all); "
+            f"{where}. Lower the learning rate, set optimizer.clip_norm, check the data, or use "
+            "train.nan_policy='skip'."
+        )
 
 
-def _streak_error(done, metrics, *, limit, phase, ckpt) -> NonFiniteError | None:
-    """The error for a run of ``limit`` skipped updates ending at step ``done``, else None."""
-    if "nonfinite_consecutive" not in metrics:
-        return None
-    run = int(np.max(np.asarray(jax.device_get(metrics["nonfinite_consecutive"]))))
-    if run < limit:
-        return None
-    total = int(np.max(np.asarray(jax.device_get(metrics["nonfinite_total"]))))
-    kept = ckpt.latest_step() if ckpt else None
-    if kept is not None:
-        where = f"the last checkpoint (step {kept}) is kept"
-    else:
-        where = "no checkpoint was written" if ckpt else "nothing was saved (no workdir)"
-    return NonFiniteError(
-        f"Training stopped at step {done} of phase {phase!r}: {run} consecutive non-finite "
-        f"updates (steps {done - run + 1}-{done}, {total} skipped in all); {where}. Lower the "
-        "learning rate, set optimizer.clip_norm, check the data, or use train.nan_policy='skip'."
-    )
+def restore(ckpt: ckpt_lib.Checkpointer, state: Any, *, main: bool) -> tuple[Any, int]:
+    """The latest good checkpoint restored into ``state``'s layout, and its step (0: none).
+
+    Checkpoints newer than the restored one (unreadable ones that were skipped) are deleted by
+    the main process, so the run continues from a consistent history.
+    """
+    latest = ckpt.latest_step()
+    restored = ckpt.restore(state.tree())
+    if restored is None:
+        return state, 0
+    start, tree = restored
+    if latest is not None and start < latest and main:
+        ckpt.delete_after(start)
+    return state.replace_tree(tree), start
+
+
+def _check_args(steps: int, nan_policy: str, limit: int) -> None:
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps!r}.")
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(
+            f"nan_policy={nan_policy!r} is not accepted; choose one of: {', '.join(NAN_POLICIES)}."
+        )
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"max_consecutive_nonfinite must be an integer >= 1, got {limit!r}.")
 
 
 def fit(
@@ -140,7 +192,6 @@ def fit(
     max_to_keep: int = 3,
     log_every: int = 100,
     progress: bool = True,
-    jit_step: Callable[[StepFn], StepFn] | None = None,
     nan_policy: str = "skip",
     max_consecutive_nonfinite: int = 10,
     strategy: parallel.Strategy | None = None,
@@ -149,9 +200,8 @@ def fit(
 
     Args:
       state: the initial state (also the restore target): a `jaxopt_ft.train.TrainState`, or any
-        flax struct with ``step``, ``opt_state``, ``tree()`` and ``replace_tree()`` (e.g. the
-        multi-task state).
-      train_step: a pure step function.
+        flax struct with ``step``, ``opt_state``, ``tree()`` and ``replace_tree()``.
+      train_step: a pure step function (`jaxopt_ft.train.make_train_step`).
       batches: ``start_step -> iterator`` of batches; the batch at step k must depend only on k,
         so a resumed run sees exactly the batches an uninterrupted run sees.
       steps: total number of steps of this phase.
@@ -163,19 +213,15 @@ def fit(
       max_to_keep: checkpoints kept.
       log_every: metrics logging interval.
       progress: show a tqdm bar (only when stderr is a terminal).
-      jit_step: compiles the step (default ``jax.jit`` with the state donated); data-parallel
-        wrappers plug in here.
       nan_policy: ``"skip"``: non-finite updates (skipped by a guarded optimizer) are only
         counted; ``"stop"``: after ``max_consecutive_nonfinite`` of them in a row, raise
-        :class:`NonFiniteError` naming the step. Needs a step whose metrics carry
-        ``nonfinite_consecutive`` (`make_train_step` with ``optim.make(...,
-        skip_nonfinite=True)``); without them there is nothing to check.
+        :class:`NonFiniteError` naming the step.
       max_consecutive_nonfinite: the run length that stops training under ``"stop"``.
-      strategy: runs the step data-parallel (:func:`jaxopt_ft.parallel.make`): ``batches``
-        still yields the *global* batch (its size must divide by the device count), checkpoints
-        hold the plain layout (so they restore onto any device count), and the returned state
-        is a single-device copy, ready for evaluation. Every device gets the same step key.
-        Only the main process writes ``metrics.jsonl``. Cannot be combined with ``jit_step``.
+      strategy: runs the step data-parallel (:func:`jaxopt_ft.parallel.make`; default mode
+        ``none``): ``batches`` still yields the *global* batch, checkpoints hold the plain
+        layout (so they restore onto any device count), and the returned state is a
+        single-device copy, ready for evaluation. Only the main process writes
+        ``metrics.jsonl``.
 
     Returns:
       ``(state, summary)`` with ``final_train_loss``, ``train_steps_per_s``, ``train_wall_s``,
@@ -183,122 +229,99 @@ def fit(
 
     Raises:
       NonFiniteError: ``nan_policy="stop"`` and too many consecutive non-finite updates; the
-        checkpoints written before stay as they were (no checkpoint is saved past the last
-        step checked to be within the limit).
+        checkpoints written before stay as they were.
     """
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps!r}.")
-    if nan_policy not in NAN_POLICIES:
-        raise ValueError(
-            f"nan_policy={nan_policy!r} is not accepted; choose one of: {', '.join(NAN_POLICIES)}."
-        )
-    limit = max_consecutive_nonfinite
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError(
-            f"max_consecutive_nonfinite must be an integer >= 1, got {max_consecutive_nonfinite!r}."
-        )
-    if strategy is not None and jit_step is not None:
-        raise ValueError("Pass either strategy or jit_step to fit, not both.")
-    if strategy is not None and strategy.mode == "none":
-        strategy = None  # the default path below is the same, with a shared compile cache
-    ckpt = None
-    start = 0
+    _check_args(steps, nan_policy, max_consecutive_nonfinite)
+    strategy = strategy or parallel.make("none")
     main = parallel.is_main_process()
-    metrics_path = os.path.join(workdir, "metrics.jsonl") if workdir and main else None
-    if strategy is not None and workdir:
-        # The checkpoint layout on this strategy's devices: the restore target, so a checkpoint
-        # written with any device count comes back already placed.
-        state = strategy.unwrap(strategy.prepare(state))
+    log = MetricsLog(os.path.join(workdir, "metrics.jsonl") if workdir and main else None, phase)
+    ckpt, start = None, 0
+    t_start = time.perf_counter()
     if workdir:
         ckpt = ckpt_lib.Checkpointer(
             os.path.join(workdir, "checkpoints", phase), max_to_keep=max_to_keep
         )
-        latest = ckpt.latest_step()
-        restored = ckpt.restore(state.tree())
-        if restored is not None:
-            start, tree = restored
-            state = state.replace_tree(tree)
-            if latest is not None and start < latest and main:
-                ckpt.delete_after(start)
-        if metrics_path:
-            _rewrite_metrics(metrics_path, phase, start)
-
-    def save_tree(state):  # the checkpoint layout of any state type with a .tree()
-        return (strategy.unwrap(state) if strategy is not None else state).tree()
-
-    if strategy is not None:
-        state = strategy.prepare(state)
-        step_fn = _strategy_step(strategy, train_step)
-
-    elif jit_step is None:
-        step_fn = functools.partial(_default_step, train_step=train_step)
-    else:
-
-        def keyed_step(state, batch, base_key):
-            return train_step(state, batch, jax.random.fold_in(base_key, state.step))
-
-        step_fn = jit_step(keyed_step)
-    last = {}
-    t_start = time.perf_counter()
-    t_first = None
-    bar = None
-
-    # Under "stop", every step's counters are read, but only _CHECK_LAG steps later, when that
-    # step has long finished: reading them at once would stall the dispatch pipeline.
-    pending = collections.deque()
-
-    def check_finite(keep: int) -> None:
-        while len(pending) > keep:
-            err = _streak_error(*pending.popleft(), limit=limit, phase=phase, ckpt=ckpt)
-            if err is not None:
-                bar.close()
-                if ckpt:
-                    ckpt.close()
-                raise err
-
-    if start < steps:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=steps,
-            initial=start,
-            desc=phase,
-            disable=not (progress and sys.stderr.isatty()),
-            leave=False,
+        # The restore target in this strategy's layout: a checkpoint written with any device
+        # count comes back already placed.
+        state, start = restore(ckpt, strategy.unwrap(strategy.prepare(state)), main=main)
+        log.truncate(start)
+    monitor = NonFiniteMonitor(
+        enabled=nan_policy == "stop", limit=max_consecutive_nonfinite, phase=phase, ckpt=ckpt
+    )
+    state = strategy.prepare(state)
+    try:
+        state, last, t_first = _run(
+            state,
+            compile_step(strategy, train_step),
+            batches,
+            start=start,
+            steps=steps,
+            key=key,
+            log=log,
+            log_every=log_every,
+            monitor=monitor,
+            save=_saver(ckpt, strategy, checkpoint_every, steps),
+            progress=progress,
         )
+        if ckpt and (steps > 0 or ckpt.latest_step() is None):
+            ckpt.save(steps, strategy.unwrap(state).tree())
+    finally:
+        if ckpt:
+            ckpt.close()
+    jax.block_until_ready(state)
+    state = parallel.local(strategy.unwrap(state))
+    return state, _summary(state, last, log, start, steps, t_start, t_first)
+
+
+def _saver(ckpt, strategy, every: int, steps: int) -> Callable[..., None] | None:
+    """``(done, state, monitor) -> None`` saving a checkpoint on the cadence (None: never)."""
+    if not ckpt or not every:
+        return None
+
+    def save(done: int, state: Any, monitor: NonFiniteMonitor) -> None:
+        if done % every == 0 and done < steps:
+            monitor.check()  # never save past a stopping point
+            ckpt.save(done, strategy.unwrap(state).tree())
+
+    return save
+
+
+def _run(state, step_fn, batches, *, start, steps, key, log, log_every, monitor, save, progress):
+    """The step loop; returns ``(state, last logged metrics, time of the first finished step)``."""
+    last, t_first = {}, None
+    if start >= steps:
+        return state, last, t_first
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=steps,
+        initial=start,
+        desc=log.phase,
+        disable=not (progress and sys.stderr.isatty()),
+        leave=False,
+    )
+    with bar:
         it = batches(start)
-        for step in range(start, steps):
-            batch = next(it)
-            state, metrics = step_fn(state, batch, key)
-            if nan_policy == "stop":
-                pending.append((step + 1, metrics))
-                check_finite(_CHECK_LAG)
+        for done in range(start + 1, steps + 1):
+            state, metrics = step_fn(state, next(it), key)
+            monitor.add(done, metrics)
             if t_first is None:
                 jax.block_until_ready(metrics)
                 t_first = time.perf_counter()
-            done = step + 1
             if done % log_every == 0 or done == steps:
                 last = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 elapsed = time.perf_counter() - t_first
                 rate = (done - start - 1) / elapsed if elapsed > 0 else float("nan")
                 bar.set_postfix(loss=f"{last['loss']:.4f}", steps_per_s=f"{rate:.0f}")
-                if metrics_path:
-                    rec = {"phase": phase, "step": done, **last, "steps_per_s": rate}
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps(rec) + "\n")
+                log.append(done, {**last, "steps_per_s": rate})
             bar.update(1)
-            if ckpt and checkpoint_every and done % checkpoint_every == 0 and done < steps:
-                check_finite(0)  # never save past a stopping point
-                ckpt.save(done, save_tree(state))
-        check_finite(0)
-        bar.close()
-    if ckpt:
-        if steps > 0 or ckpt.latest_step() is None:
-            ckpt.save(steps, save_tree(state))
-        ckpt.close()
-    jax.block_until_ready(state)
-    if strategy is not None:
-        state = parallel.local(strategy.unwrap(state))
+            if save is not None:
+                save(done, state, monitor)
+        monitor.check()
+    return state, last, t_first
+
+
+def _summary(state, last, log: MetricsLog, start, steps, t_start, t_first) -> dict[str, float]:
     t_end = time.perf_counter()
     ran = steps - start
     summary = {"train_wall_s": t_end - t_start}
@@ -306,14 +329,12 @@ def fit(
         summary["train_steps_per_s"] = (ran - 1) / (t_end - t_first)
     if "loss" in last:
         summary["final_train_loss"] = last["loss"]
-    elif metrics_path and steps > 0:
+    elif steps > 0 and (logged := log.at(steps)):
         # Nothing left to run (a finished run started again): report what its log says.
-        logged = _last_logged(metrics_path, phase, steps)
-        if logged:
-            summary["final_train_loss"] = logged["loss"]
-            if logged.get("steps_per_s") is not None:
-                summary["train_steps_per_s"] = logged["steps_per_s"]
+        summary["final_train_loss"] = logged["loss"]
+        if logged.get("steps_per_s") is not None:
+            summary["train_steps_per_s"] = logged["steps_per_s"]
     counts = optim.nonfinite_counts(state.opt_state)
     if counts is not None:
         summary["nonfinite_updates"] = int(np.max(np.asarray(jax.device_get(counts["total"]))))
-    return state, summary
+    return summary

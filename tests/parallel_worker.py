@@ -67,6 +67,7 @@ def new_state(variant: str = "plain") -> train.TrainState:
         params=params,
         opt_state=jax.jit(tx.init)(params),
         batch_stats={},
+        aux=(),
         apply_fn=MODEL.apply,
         tx=tx,
     )
@@ -99,8 +100,8 @@ def train_step(variant: str, strategy: parallel.Strategy):
     if variant.startswith("compress"):
         ranges = ACT_RANGES if variant == "compress_calibrated" else None
         apply_fn = quant.fake_quant_apply_fn(MODEL, weight_bits=4, act_bits=8, act_ranges=ranges)
-        return train.make_train_step(apply_fn=apply_fn)
-    return train.make_train_step()
+        return train.make_train_step(apply_fn=apply_fn, axis_name=strategy.axis_name)
+    return train.make_train_step(axis_name=strategy.axis_name)
 
 
 @functools.cache

@@ -196,7 +196,7 @@ API = [
         "empty",
         "at least one batch",
     ),
-    ("empty eval split", lambda: train.evaluate(None, iter([])), ValueError, "empty", ""),
+    ("empty eval split", lambda: train.evaluate(None, {}, []), ValueError, "empty", ""),
     (
         "checkpointer keep 0",
         lambda: checkpoint.Checkpointer("/tmp/never-used-ck", max_to_keep=0),

@@ -28,7 +28,7 @@ def test_train_writes_everything(tmp_path):
     assert report["experiment"] == "train" and report["model"] == "cnn"
     (row,) = report["rows"]
     assert row["name"] == "dense" and row["params"] == 5210
-    assert 0.0 <= row["test_accuracy"] <= 1.0
+    assert row["test_accuracy"] >= 0.3  # 60 steps: well past chance (0.1)
     steps = [json.loads(line)["step"] for line in (wd / "metrics.jsonl").read_text().splitlines()]
     assert steps == [20, 40, 60]
     # Re-running the finished run resumes at the end and reports the same metrics.

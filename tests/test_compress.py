@@ -4,12 +4,10 @@ import json
 import os
 
 import helpers
-import numpy as np
 import pytest
 from helpers import cli, one_error_line
 
 from jaxopt_ft import experiments
-from jaxopt_ft.experiments import _pruning
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPRESS = os.path.join(ROOT, "configs", "mnist1d_compress.py")
@@ -51,7 +49,7 @@ def test_compress_end_to_end(tmp_path):
     for row in rows.values():
         for key in ("test_accuracy", "params", "nonzero_params", "sparsity", "size_bytes"):
             assert key in row, (row["name"], key)
-        assert 0.0 <= row["test_accuracy"] <= 1.0 and row["step_ms"] > 0
+        assert row["test_accuracy"] >= 0.2 and row["step_ms"] > 0  # chance is 0.1
         assert 0 < row["nonzero_params"] <= row["params"]
     dense, pruned, structured = rows["dense"], rows["pruned"], rows["structured"]
     # 16 channels: conv1 80+16, conv2 768+16, conv3 768+16, head 80*10+10.
@@ -60,7 +58,8 @@ def test_compress_end_to_end(tmp_path):
     # conv1/kernel is excluded (exclude_first): conv2, conv3 and head kernels are prunable.
     n_prunable = report["prunable_params"]
     assert n_prunable == 768 + 768 + 800
-    assert pruned["sparsity"] >= 0.9
+    # Global scope removes round(0.9 * 2336) = 2102 weights (half to even, as torch does).
+    assert pruned["sparsity"] == pytest.approx(2102 / n_prunable)
     removed = round(pruned["sparsity"] * n_prunable)
     assert pruned["nonzero_params"] <= pruned["params"] - removed
     assert pruned["nonzero_params"] >= pruned["params"] - n_prunable
@@ -105,10 +104,11 @@ def test_sparsity_sweep_end_to_end(tmp_path):
     assert [row["name"] for row in report["rows"]] == names
     for row in report["rows"]:
         assert row["method"] in methods
-        assert row["sparsity"] >= row["target_sparsity"]
-        assert row["sparsity"] - row["target_sparsity"] < 0.01
-        assert 0.0 <= row["test_accuracy"] <= 1.0
-    assert 0.0 <= report["dense_test_accuracy"] <= 1.0
+        # round(target * n) weights per layer (half to even, as torch.nn.utils.prune)
+        assert abs(row["sparsity"] - row["target_sparsity"]) < 1e-3
+        if row["method"].startswith("magnitude") and row["target_sparsity"] == 0.5:
+            assert row["test_accuracy"] >= 0.12, row  # half the weights left: above chance
+    assert report["dense_test_accuracy"] >= 0.15  # 60 steps of an 8-channel CNN; chance 0.1
     assert report["plots"] == ["sparsity_accuracy.png"]
     assert (wd / "sparsity_accuracy.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -154,19 +154,5 @@ def load_config(path, **overrides):
 def test_validate_names_the_bad_key(kind, overrides, fragment):
     config = load_config(COMPRESS if kind == "compress" else SWEEP, **overrides)
     with pytest.raises(ValueError) as e:
-        experiments.get(config.experiment).validate(config)
+        experiments.prepare(config)
     assert fragment in str(e.value)
-
-
-def test_at_least_reaches_the_target_in_every_scope():
-    sizes = [320, 12288, 3200]
-    for scope, distribution in (("global", "uniform"), ("layer", "uniform"), ("layer", "erk")):
-        s = _pruning.at_least(0.9, sizes, scope=scope, distribution=distribution)
-        scopes = sizes if distribution == "uniform" and scope == "layer" else [sum(sizes)]
-        # The library's count under jit: floor(float32(s) * n + 0.5).
-        removed = [int(np.floor(np.float32(s) * np.float32(n) + np.float32(0.5))) for n in scopes]
-        needed = [int(np.ceil(round(0.9 * n, 6))) for n in scopes]
-        assert all(r >= k for r, k in zip(removed, needed, strict=True)), (scope, removed)
-        assert any(r == k for r, k in zip(removed, needed, strict=True)), (scope, removed)
-    assert _pruning.at_least(0.9, [15880], scope="global", distribution="uniform") * 15880 < 14292
-    assert _pruning.at_least(0.0, sizes, scope="global", distribution="uniform") == 0.0

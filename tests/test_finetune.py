@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxopt_ft import checkpoint, finetune, models, train
+from jaxopt_ft import checkpoint, finetune, loop, models, train
 from jaxopt_ft import tree as tree_lib
 from jaxopt_ft.finetune import FROZEN
 
@@ -81,9 +81,9 @@ def test_frozen_leaves_bit_identical_after_50_adamw_steps_with_decay(tmp_path):
     before = train.numpy_tree(params)
     labels = finetune.freeze_labels(params, RULES)
     state = train.TrainState.create(apply_fn=CNN.apply, params=params, tx=_tx(labels))
-    state, _ = train.fit(
+    state, _ = loop.fit(
         state,
-        finetune.make_train_step(labels),
+        train.make_train_step(trainable=finetune.trainable_mask(labels)),
         _batches(),
         steps=50,
         key=jax.random.PRNGKey(1),
@@ -108,9 +108,9 @@ def test_frozen_leaves_bit_identical_after_50_adamw_steps_with_decay(tmp_path):
     )
     # The partitioned state is a checkpointable tree: the finished phase restores exactly.
     fresh = train.TrainState.create(apply_fn=CNN.apply, params=_cnn_params(), tx=_tx(labels))
-    again, _ = train.fit(
+    again, _ = loop.fit(
         fresh,
-        finetune.make_train_step(labels),
+        train.make_train_step(trainable=finetune.trainable_mask(labels)),
         _batches(),
         steps=50,
         key=jax.random.PRNGKey(1),
@@ -155,7 +155,8 @@ def test_only_trainable_leaves_are_differentiated(mode, convs):
     tx = optax.chain(optax.clip_by_global_norm(1.0), _tx(labels))
     state = train.TrainState.create(apply_fn=CNN.apply, params=params, tx=tx)
     batch = next(_batches()(0))
-    jaxpr = jax.make_jaxpr(finetune.make_train_step(labels))(state, batch, jax.random.PRNGKey(0))
+    step = train.make_train_step(trainable=finetune.trainable_mask(labels))
+    jaxpr = jax.make_jaxpr(step)(state, batch, jax.random.PRNGKey(0))
     assert _count(jaxpr.jaxpr) == convs
 
 
@@ -182,8 +183,7 @@ def _bn_state(rules):
 
 def test_frozen_trunk_batchnorm_runs_in_inference_mode():
     state, labels = _bn_state(finetune.mode_rules("linear_probe"))
-    assert finetune.freeze.bn_frozen(labels, state.batch_stats) is True
-    step = jax.jit(finetune.make_train_step(labels))
+    step = jax.jit(train.make_train_step(trainable=finetune.trainable_mask(labels)))
     before = train.numpy_tree(state.tree())
     batch = next(_batches()(0))
     new, _ = step(state, batch, jax.random.PRNGKey(0))
@@ -205,8 +205,7 @@ def test_frozen_trunk_batchnorm_runs_in_inference_mode():
 def test_partly_frozen_batchnorm_keeps_frozen_statistics():
     rules = [("dense1/.*|bn1/.*", FROZEN), (".*", "trunk")]
     state, labels = _bn_state(rules)
-    assert finetune.freeze.bn_frozen(labels, state.batch_stats) is False
-    new, _ = jax.jit(finetune.make_train_step(labels))(
+    new, _ = jax.jit(train.make_train_step(trainable=finetune.trainable_mask(labels)))(
         state, next(_batches()(0)), jax.random.PRNGKey(0)
     )
     old, upd = train.numpy_tree(state.batch_stats), train.numpy_tree(new.batch_stats)

@@ -54,7 +54,7 @@ def test_zero_b_gives_identical_outputs_at_step_zero():
 
 def test_merged_export_equals_unmerged_forward_after_training():
     state, labels = _lora_state()
-    step = jax.jit(finetune.make_train_step(labels))
+    step = jax.jit(train.make_train_step(trainable=finetune.trainable_mask(labels)))
     for i in range(5):
         state, _ = step(state, {"x": X, "label": LABEL}, jax.random.PRNGKey(i))
     assert np.any(np.asarray(state.params["lora"]["conv2"]["kernel"]["b"]))

@@ -6,7 +6,7 @@ import os
 import pytest
 from helpers import cli, load_config
 
-from jaxopt_ft.experiments import transfer
+from jaxopt_ft import experiments
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "mnist1d_transfer.py")
@@ -44,7 +44,7 @@ def test_transfer_reports_all_six_modes(run_dir):
     rows = {r["name"]: r for r in report["rows"]}
     assert list(rows) == MODES
     for row in rows.values():
-        assert 0.0 <= row["test_accuracy"] <= 1.0
+        assert row["test_accuracy"] >= 0.2  # five classes: chance is 0.2
         assert row["step_ms"] > 0 and row["wall_s"] > 0
     total = rows["full"]["trainable_params"]
     head = 40 * 5 + 5  # 5 positions x 8 channels into 5 classes
@@ -110,12 +110,12 @@ def _config(**transfer_overrides):
         ),
         ({"dont_load": ("classifier/.*",)}, r"dont_load rules matching no parameter"),
         ({"lora_targets": ("conv1/bias",)}, r"'conv1/bias' has shape \(8,\)"),
-        ({"modes": ("full", "half")}, r"transfer.modes=.*'half'"),
+        ({"modes": ("full", "half")}, r"transfer.modes\[1\]='half' is not accepted"),
         ({"per_class": 5000}, r"transfer.per_class=5000 exceeds"),
         ({"batch_size": 500}, r"transfer.batch_size=500 exceeds the 100 few-shot examples"),
-        ({"target_classes": (5, 5)}, r"target_classes=\(5, 5\) must be distinct"),
+        ({"target_classes": (5, 5)}, r"transfer.target_classes=\[5, 5\] has duplicates"),
     ],
 )
 def test_validate_names_bad_values(overrides, match):
     with pytest.raises(ValueError, match=match):
-        transfer.validate(_config(**overrides))
+        experiments.prepare(_config(**overrides))

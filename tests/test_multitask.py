@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxopt_ft import data, models, train
+from jaxopt_ft import data, loop, models, train
 from jaxopt_ft import multitask as mt
 from jaxopt_ft.multitask import weighting as wt
 
@@ -38,8 +38,9 @@ def _model():
     return mt.MultiTaskModel(models.get("mlp", hidden=(16, 16)), TASKS)
 
 
-def _state(method, tx=None, **kw):
-    """A fresh state (`train.fit` donates it, so tests that fit must not share one)."""
+def _init(method, tx=None, **kw):
+    """A fresh state (`loop.fit` donates it, so tests that fit must not share one) and the
+    method with its shared layer resolved."""
     return mt.init_state(
         _model(),
         method,
@@ -48,6 +49,10 @@ def _state(method, tx=None, **kw):
         tx=tx or optax.adam(1e-2),
         **kw,
     )
+
+
+def _state(method, tx=None, **kw):
+    return _init(method, tx, **kw)[0]
 
 
 # --- weightings -------------------------------------------------------------------------------
@@ -235,11 +240,10 @@ def test_per_task_grads_equal_separate_grads():
 
 @pytest.mark.parametrize("name", ["gradnorm", "pcgrad", "alternating"])
 def test_pmap_split_batch_matches_single_device(name):
-    method = mt.Method(name=name, alternate="sampled")  # the task drawn from the shared key
+    init, method = _init(mt.Method(name=name, alternate="sampled"))  # task from the shared key
     batch = _batch(n=16)
     key = jax.random.PRNGKey(5)
     single = jax.jit(mt.make_train_step(TASKS, method, similarity_every=1))
-    init = _state(method)
     ref, ref_metrics = init, None
     for step in range(2):
         ref, ref_metrics = single(ref, batch, jax.random.fold_in(key, step))
@@ -257,8 +261,8 @@ def test_pmap_split_batch_matches_single_device(name):
     got = jax.tree.map(lambda a: a[0], rep)
     close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)  # noqa: E731
     jax.tree.map(close, got.params, ref.params)
-    jax.tree.map(close, got.weighting, ref.weighting)
-    close(got.similarity.mean(), ref.similarity.mean())
+    jax.tree.map(close, got.aux["weighting"], ref.aux["weighting"])
+    close(got.aux["similarity"].mean(), ref.aux["similarity"].mean())
     close(metrics["loss"][0], ref_metrics["loss"])
 
 
@@ -291,7 +295,7 @@ def test_alternating_updates_trunk_and_only_the_chosen_head():
 
 
 def test_fit_resumes_method_state(tmp_path):
-    method = mt.Method(name="gradnorm")
+    method = _init(mt.Method(name="gradnorm"))[1]
     step = mt.make_train_step(TASKS, method, similarity_every=2)
 
     def batches(start):
@@ -300,16 +304,17 @@ def test_fit_resumes_method_state(tmp_path):
             yield _batch(seed=k)
             k += 1
 
-    compiled = jax.jit(step, donate_argnums=0)  # one compilation shared by the three fits
-    kw = dict(steps=6, key=jax.random.PRNGKey(2), progress=False, jit_step=lambda f: compiled)
-    full, _ = train.fit(_state(method), step, batches, **kw)
-    train.fit(_state(method), step, batches, workdir=str(tmp_path), **{**kw, "steps": 3})
-    resumed, _ = train.fit(_state(method), step, batches, workdir=str(tmp_path), **kw)
-    assert isinstance(resumed.weighting, mt.GradNormState)
-    assert int(resumed.similarity.count) == int(full.similarity.count) == 3
-    for a, b in ((resumed.params, full.params), (resumed.weighting, full.weighting)):
-        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6), a, b)
-    np.testing.assert_allclose(jnp.sum(resumed.weighting.weights), 3.0, rtol=1e-6)
+    kw = dict(steps=6, key=jax.random.PRNGKey(2), progress=False)
+    full, _ = loop.fit(_state(method), step, batches, **kw)
+    loop.fit(_state(method), step, batches, workdir=str(tmp_path), **{**kw, "steps": 3})
+    resumed, _ = loop.fit(_state(method), step, batches, workdir=str(tmp_path), **kw)
+    weighting, similarity = resumed.aux["weighting"], resumed.aux["similarity"]
+    assert isinstance(weighting, mt.GradNormState)
+    assert isinstance(similarity, mt.SimilarityState)
+    assert int(similarity.count) == int(full.aux["similarity"].count) == 3
+    for a, b in ((resumed.params, full.params), (weighting, full.aux["weighting"])):
+        jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y), a, b)
+    np.testing.assert_allclose(jnp.sum(weighting.weights), 3.0, rtol=1e-6)
 
 
 # --- tasks, model and input errors ------------------------------------------------------------
@@ -320,8 +325,8 @@ def test_builtin_targets_are_computed_from_the_data():
         np.float32
     )
     ds = data.Dataset(x=x, label=np.array([3, 8, 5], np.int32), num_classes=10, name="mnist1d")
-    tasks = tuple(mt.available_tasks("mnist1d").values())
-    y = mt.derive_targets(ds, tasks)
+    assert set(data.available_targets("mnist1d")) == {"digit", "parity", "large", "slope"}
+    y = data.derive_targets(ds, ["digit", "parity", "large", "slope"])
     np.testing.assert_array_equal(y["parity"], [1, 0, 1])
     np.testing.assert_array_equal(y["large"], [0, 1, 1])
     raw = np.array([2.0, 0.0, -2.0])  # slopes against positions in [-0.5, 0.5]
@@ -332,7 +337,7 @@ def test_builtin_targets_are_computed_from_the_data():
         num_classes=10,
         name="digits",
     )
-    ink = mt.derive_targets(img, (mt.available_tasks("digits")["ink"],))["ink"]
+    ink = data.derive_targets(img, ["ink"])["ink"]
     np.testing.assert_allclose(ink, [-1.0, 1.0])
 
 
@@ -349,9 +354,7 @@ def test_bad_task_declarations():
         mt.make_tasks({})
     ds = data.Dataset(np.zeros((2, 40), np.float32), np.zeros(2, np.int32), 10, "mnist1d")
     with pytest.raises(ValueError, match="'ink' has no labels on dataset 'mnist1d'"):
-        mt.derive_targets(ds, mt.make_tasks({"ink": {"kind": "regression"}}))
-    with pytest.raises(ValueError, match="targets on 'mnist1d' are classification"):
-        mt.derive_targets(ds, mt.make_tasks({"parity": {"kind": "regression"}}))
+        data.derive_targets(ds, ["ink"])
     with pytest.raises(ValueError, match="Unknown method"):
         mt.Method(name="mgda")
     with pytest.raises(ValueError, match="window"):

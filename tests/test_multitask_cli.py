@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from helpers import cli, load_config
 
-from jaxopt_ft.experiments import multitask as experiment
+from jaxopt_ft import experiments
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "mnist1d_multitask.py")
@@ -34,7 +34,8 @@ def test_cli_all_rows_matrix_plot_and_resume(tmp_path):
     assert [r["name"] for r in report["rows"]] == ROWS
     assert report["tasks"] == ["digit", "slope"]
     for row in report["rows"]:
-        assert 0.0 <= row["digit_accuracy"] <= 1.0 and row["slope_mse"] >= 0.0
+        # 8 steps: below the mean predictor's MSE (1.0) on slope, above chance on digit
+        assert row["digit_accuracy"] > 0.1 and 0.0 < row["slope_mse"] < 1.0, row
         assert row["params"] > 0 and row["wall_s"] > 0
     rows = {r["name"]: r for r in report["rows"]}
     assert rows["single_task"]["params"] > rows["equal"]["params"]  # two trunks vs one
@@ -108,4 +109,4 @@ def _config(**multitask):
 )
 def test_validate_rejects_bad_multitask_config(change, match):
     with pytest.raises(ValueError, match=match):
-        experiment.validate(_config(**change))
+        experiments.prepare(_config(**change))

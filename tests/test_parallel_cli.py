@@ -64,7 +64,7 @@ def _config(name, overrides):
             "parallel.fsdp=True needs",
         ),
         ("mnist1d_cnn", {"parallel.fsdp": True}, "parallel.mode='none'"),
-        ("mnist1d_cnn", {"parallel.devices": -1}, "parallel.devices must be"),
+        ("mnist1d_cnn", {"parallel.devices": -1}, "parallel.devices must be an integer >= 0"),
         (
             "mnist1d_sweep",
             {"parallel.mode": "pmap", "train.batch_size": 96},
@@ -79,9 +79,8 @@ def _config(name, overrides):
 )
 def test_bad_parallel_settings_are_rejected(name, overrides, expected):
     config = _config(name, overrides)
-    kind = experiments.get(config.experiment)
     with pytest.raises(ValueError, match=None) as info:
-        kind.validate(config)
+        experiments.prepare(config)
     assert expected in str(info.value), str(info.value)
 
 
@@ -136,13 +135,13 @@ def test_every_experiment_gives_the_same_rows_under_pmap(name, tmp_path):
                 "parallel.mode": mode,
             },
         )
-        kind = experiments.get(config.experiment)
-        kind.validate(config)
-        reports[mode] = kind.run(config, str(tmp_path / mode), progress=False)
+        kind, settings = experiments.prepare(config)
+        reports[mode] = kind.run(settings, str(tmp_path / mode), progress=False)
     ref, got = reports["none"]["rows"], reports["pmap"]["rows"]
     assert [r["name"] for r in got] == [r["name"] for r in ref]
     for a, b in zip(ref, got, strict=True):
         want, have = numeric(a), numeric(b)
         assert want.keys() == have.keys()
         for k, v in want.items():
-            assert have[k] == pytest.approx(v, rel=1e-3, abs=1e-3), (a["name"], k)
+            # Quantized rows round reassociated floats: allow two of 1,000 predictions to flip.
+            assert have[k] == pytest.approx(v, rel=1e-3, abs=2.1e-3), (a["name"], k)

@@ -1,4 +1,4 @@
-"""`train.fit(..., strategy=...)` on 8 simulated CPU devices: the same run under every mode.
+"""`loop.fit(..., strategy=...)` on 8 simulated CPU devices: the same run under every mode.
 
 Each capability's own step function (plain training, pruning wrapper + QAT, partial fine-tuning,
 PCGrad multi-task) trains 20 steps through `fit` under none / sharding (+FSDP) / pmap; the
@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxopt_ft import finetune, models, parallel, prune, quant, train, tree
+from jaxopt_ft import finetune, loop, models, parallel, prune, quant, train, tree
 from jaxopt_ft import multitask as mt
 
 BATCH = 32
@@ -49,7 +49,7 @@ def init_params(model=MODEL):
 
 def case_train(strategy):
     state = train.TrainState.create(apply_fn=MODEL.apply, params=init_params(), tx=optax.adam(1e-2))
-    return state, train.make_train_step(), plain_batches
+    return state, train.make_train_step(axis_name=strategy.axis_name), plain_batches
 
 
 def case_compress(strategy):
@@ -60,7 +60,8 @@ def case_compress(strategy):
     apply_fn = quant.fake_quant_apply_fn(
         MODEL, weight_bits=4, act_bits=8, axis_name=strategy.axis_name
     )
-    return state, train.make_train_step(apply_fn=apply_fn), plain_batches
+    step = train.make_train_step(apply_fn=apply_fn, axis_name=strategy.axis_name)
+    return state, step, plain_batches
 
 
 def case_partial(strategy):
@@ -68,7 +69,8 @@ def case_partial(strategy):
     labels = finetune.freeze_labels(params, [("(conv1|conv2)/.*", finetune.FROZEN), (".*", "head")])
     tx = finetune.optimizer(labels, {"head": optax.adam(1e-2)})
     state = train.TrainState.create(apply_fn=MODEL.apply, params=params, tx=tx)
-    return state, finetune.make_train_step(labels), plain_batches
+    mask = finetune.trainable_mask(labels)
+    return state, train.make_train_step(trainable=mask, axis_name=strategy.axis_name), plain_batches
 
 
 def case_pcgrad(strategy):
@@ -80,7 +82,7 @@ def case_pcgrad(strategy):
     )
     method = mt.Method(name="pcgrad")
     model = mt.MultiTaskModel(models.get("cnn", channels=(8, 16, 16)), tasks)
-    state = mt.init_state(
+    state, method = mt.init_state(
         model, method, key=jax.random.PRNGKey(0), sample_x=np.zeros((1, 40)), tx=optax.adam(1e-2)
     )
     step = mt.make_train_step(tasks, method, axis_name=strategy.axis_name)
@@ -108,7 +110,7 @@ def strategy_of(mode, fsdp, devices=None):
 def run(case, mode, fsdp, workdir, *, steps=STEPS, devices=None):
     strategy = strategy_of(mode, fsdp, devices)
     state, step, batches = CASES[case](strategy)
-    state, _ = train.fit(
+    state, _ = loop.fit(
         state,
         step,
         batches,

@@ -9,57 +9,42 @@ import numpy as np
 import pytest
 from helpers import cli, load_config
 
-from jaxopt_ft import data, models, prune, quant, train
+from jaxopt_ft import experiments, models, quant
 from jaxopt_ft import tree as tree_lib
-from jaxopt_ft.experiments import _quantizing, bits_sweep, common
+from jaxopt_ft.experiments import bits_sweep, fields, pruning, quantizing
+from jaxopt_ft.experiments.settings import CompressSettings, base_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP = os.path.join(ROOT, "configs", "mnist1d_bits_sweep.py")
 
 
 def small_config(**quant_overrides):
-    config = common.base_config()
+    config = base_config("compress")
     config.model.channels = (32, 32, 32)
     config.schedule.name = "cosine"
     config.train.label_smoothing = 0.1
     config.train.steps = 200
     config.checkpoint.every_steps = 0
     config.eval.timing_repeats = 1
-    config.quant = _quantizing.quant_config(
-        **{"qat_steps": 20, "calibration_batches": 3, **quant_overrides}
-    )
+    config.prune.steps = 60
+    for key, value in {"qat_steps": 20, "calibration_batches": 3, **quant_overrides}.items():
+        config.quant[key] = value
     return config
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A 32-channel CNN trained 200 steps, and a 90 % sparse copy fine-tuned 60 steps."""
-    config = small_config()
-    wd = str(tmp_path_factory.mktemp("quant_rows"))
-    train_ds, test_ds = data.load("mnist1d", "train"), data.load("mnist1d", "test")
-    model = common.build_model(config, num_classes=10)
-    ctx = _quantizing.Setup(config, wd, False, model, train_ds, test_ds)
-    params, stats = train.init_model(model, jax.random.PRNGKey(0), train_ds.x[:1])
-    step_fn = train.make_train_step(label_smoothing=0.1)
-    fit = dict(workdir=wd, progress=False, key=jax.random.PRNGKey(1))
-    dense = train.TrainState.create(
-        apply_fn=model.apply, params=params, tx=common.build_optimizer(config, steps=200)
-    )
-    dense, _ = common.fit(config, dense, step_fn, train_ds, phase="dense", steps=200, **fit)
-    tx = prune.wrap(
-        common.build_optimizer(config, steps=60, learning_rate=3e-3),
-        sparsity=0.9,
-        scope="global",
-        exclude_first=True,
-    )
-    copy = jax.tree.map(jnp.copy, dense.params)
-    pruned = train.TrainState.create(apply_fn=model.apply, params=copy, tx=tx)
-    pruned, _ = common.fit(config, pruned, step_fn, train_ds, phase="prune", steps=60, **fit)
-    masks = prune.find_masks(pruned.opt_state)
-    pruned = pruned.replace(params=prune.finalize(pruned.params, masks))
-    rows = _quantizing.quant_rows(ctx, dense=dense, pruned=pruned, masks=masks)
-    dense_acc = common.evaluate(config, dense, test_ds)["test_accuracy"]
-    return ctx, dense, pruned, masks, {r["name"]: r for r in rows}, dense_acc
+    s = experiments.parse(small_config())
+    ctx = pruning.make_context(s, str(tmp_path_factory.mktemp("quant_rows")), progress=False)
+    dense, dense_row = pruning.dense_phase(ctx)
+    pruned, masks = pruning.prune_from(
+        ctx, dense, phase="prune", steps=60, key=jax.random.PRNGKey(1), sparsity=0.9,
+        scorer="magnitude", scope="global", distribution="uniform",
+    )  # fmt: skip
+    rows = quantizing.quant_rows(ctx, dense=dense, pruned=pruned, masks=masks)
+    pruning.time_rows(ctx, rows)
+    return ctx, dense, pruned, masks, {r["name"]: r for r in rows}, dense_row["test_accuracy"]
 
 
 def test_rows_fields_sizes_and_agreement(trained):
@@ -75,7 +60,7 @@ def test_rows_fields_sizes_and_agreement(trained):
         # size_bytes is the file that ships, read back for the evaluation.
         path = os.path.join(ctx.workdir, "quant", f"{name}.jfq")
         assert os.path.getsize(path) == row["size_bytes"], name
-        assert 0.0 <= row["test_accuracy"] <= 1.0 and row["step_ms"] > 0
+        assert row["test_accuracy"] >= 0.2 and row["step_ms"] > 0  # chance is 0.1
     ptq, weights, qat4, pq = (rows[k] for k in rows)
     assert ptq["inference"] == "int8" and ptq["agreement_with_fake_quant"] >= 0.99
     assert weights["inference"] == "float" and "agreement_with_fake_quant" not in weights
@@ -108,13 +93,13 @@ def test_rerun_restores_the_qat_phase(trained):
     ctx, dense, _, _, _, _ = trained
     for phase in ("qat", "pruned_qat"):
         assert os.path.isdir(os.path.join(ctx.workdir, "checkpoints", phase)), phase
-    weights = _quantizing.layer_bits(dense.params, 4, end_bits=8)
-    acts = _quantizing.layer_bits(dense.params, 8)
+    weights = quantizing.layer_bits(ctx.model, dense.params, 4, end_bits=8)
+    acts = quantizing.layer_bits(ctx.model, dense.params, 8)
     before = jax.tree.map(np.copy, dense.params)
-    params, stats = _quantizing.qat(ctx, dense.params, {}, weights=weights, acts=acts, phase="qat")
+    params, stats = quantizing.qat(ctx, dense.params, {}, weights=weights, acts=acts, phase="qat")
     assert stats == {}
     jax.tree.map(np.testing.assert_array_equal, dense.params, before)  # left untouched
-    restored = quant.quantize_params(params, _quantizing.weight_rules(weights))
+    restored = quant.quantize_params(params, quantizing.weight_rules(weights))
     shipped = quant.load_quantized(os.path.join(ctx.workdir, "quant", "qat_int4.jfq"))
     a, b = tree_lib.flatten(shipped["params"]), tree_lib.flatten(restored)  # QArray fields
     assert a.keys() == b.keys() and "conv2/kernel/values" in a
@@ -123,12 +108,17 @@ def test_rerun_restores_the_qat_phase(trained):
 
 
 def test_layer_bits_and_rules():
-    params = models.get("cnn", num_classes=10, channels=(4, 4, 4))
-    params = jax.eval_shape(params.init, jax.random.PRNGKey(0), jnp.zeros((1, 40)))["params"]
-    bits = _quantizing.layer_bits(params, 4, end_bits=8)
+    model = models.get("cnn", num_classes=10, channels=(4, 4, 4))
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 40)))["params"]
+    bits = quantizing.layer_bits(model, params, 4, end_bits=8)
     assert bits == {"conv1": 8, "conv2": 4, "conv3": 4, "head": 8}
-    assert _quantizing.layer_bits(params, 3) == dict.fromkeys(bits, 3)
-    specs = quant.weight_specs(params, _quantizing.weight_rules(bits))
+    assert quantizing.layer_bits(model, params, 3) == dict.fromkeys(bits, 3)
+    # The ResNet's head sorts first by name; the declared order keeps the stem first.
+    resnet = models.get("resnet", num_classes=10)
+    shapes = jax.eval_shape(resnet.init, jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
+    ends = quantizing.layer_bits(resnet, shapes["params"], 4, end_bits=8)
+    assert [p for p, b in ends.items() if b == 8] == ["stem_conv", "head"]
+    specs = quant.weight_specs(params, quantizing.weight_rules(bits))
     assert {p: s and s.bits for p, s in specs.items()} == {
         "conv1/bias": None,
         "conv1/kernel": 8,
@@ -139,8 +129,9 @@ def test_layer_bits_and_rules():
         "head/bias": None,
         "head/kernel": 8,
     }
-    logistic = {"head": {"kernel": jnp.zeros((40, 10)), "bias": jnp.zeros(10)}}
-    assert _quantizing.layer_bits(logistic, 4, end_bits=8) == {"head": 8}
+    logistic = models.get("logistic", num_classes=10)
+    params = {"head": {"kernel": jnp.zeros((40, 10)), "bias": jnp.zeros(10)}}
+    assert quantizing.layer_bits(logistic, params, 4, end_bits=8) == {"head": 8}
 
 
 @pytest.mark.parametrize(
@@ -160,27 +151,33 @@ def test_validate_quant_names_the_bad_value(key, value, fragment):
     config = small_config()
     config.quant[key] = value
     with pytest.raises(ValueError, match=fragment.replace(".", r"\.").replace("(", r"\(")):
-        _quantizing.validate_quant(config)
+        experiments.parse(config)
 
 
-def test_defaults_apply_without_a_quant_section():
-    config = common.base_config()
-    assert _quantizing.validate_quant(config) == _quantizing.DEFAULTS
-    with pytest.raises(ValueError, match="bitz"):
-        _quantizing.quant_config(bitz=3)
+def test_quant_defaults_live_in_the_settings():
+    config = base_config("compress")
+    del config.quant  # a config without the section gets every default
+    s = experiments.parse(config)
+    assert s.quant == CompressSettings().quant
+    assert (s.quant.bits, s.quant.qat_bits, s.quant.observer) == (8, 4, "minmax")
+    config = base_config("compress")
+    config.quant.bitz = 3
+    with pytest.raises(ValueError, match="no key quant.bitz"):
+        experiments.parse(config)
+    assert ("quant.bits", 8) in [row[:2] for row in fields.describe(CompressSettings)]
 
 
 def test_sweep_settings_reject_bad_widths_and_methods():
     config = load_config(SWEEP)
-    assert bits_sweep.settings(config)["widths"] == (2, 3, 4, 6, 8)
+    assert experiments.parse(config).sweep.bits == (2, 3, 4, 6, 8)
     for widths, fragment in (((2, 17), r"sweep\.bits\[1\]=17"), ((4, 4), "duplicates")):
         config.sweep.bits = widths
         with pytest.raises(ValueError, match=fragment):
-            bits_sweep.settings(config)
+            experiments.parse(config)
     config.sweep.bits = (4,)
     config.sweep.methods = ("ptq", "gptq")
     with pytest.raises(ValueError, match="gptq"):
-        bits_sweep.settings(config)
+        experiments.parse(config)
 
 
 def test_bits_sweep_end_to_end(tmp_path):
@@ -205,7 +202,8 @@ def test_bits_sweep_end_to_end(tmp_path):
     rows = {row["name"]: row for row in report["rows"]}
     for row in rows.values():
         assert row["method"] in bits_sweep.METHODS and row["bits"] in (2, 8)
-        assert 0.0 <= row["test_accuracy"] <= 1.0
+        if row["bits"] == 8:
+            assert row["test_accuracy"] >= 0.3  # chance is 0.1
         assert row["compression"] == dense_bytes / row["size_bytes"]
     # conv1 and head stay at 8 bits; conv2 and conv3 pack two 2-bit values per byte.
     for method in bits_sweep.METHODS:

@@ -11,7 +11,7 @@ from toys import BN as _BN
 from toys import MLP as _MLP
 from toys import data as _data
 
-from jaxopt_ft import checkpoint, optim, train
+from jaxopt_ft import checkpoint, loop, optim, train
 
 
 def _state(model, tx):
@@ -178,7 +178,7 @@ def _batches(x, label, *, nan_from=None, nan_steps=(), bs=16):
 
 def _fit(batches, tmp_path, **kw):
     tx = optim.make("adam", learning_rate=1e-2, skip_nonfinite=True)
-    return train.fit(
+    return loop.fit(
         _state(_MLP(), tx),
         train.make_train_step(),
         batches,
@@ -207,7 +207,7 @@ def test_fit_skips_isolated_nonfinite_batches(tmp_path):
 
 def test_persistent_nonfinite_stops_and_keeps_last_checkpoint(tmp_path):
     x, label = _data()
-    with pytest.raises(train.NonFiniteError) as err:
+    with pytest.raises(loop.NonFiniteError) as err:
         _fit(
             _batches(x, label, nan_from=25),
             tmp_path / "bad",
@@ -234,7 +234,7 @@ def test_persistent_nonfinite_stops_and_keeps_last_checkpoint(tmp_path):
 def test_fit_rejects_bad_policy():
     x, label = _data()
     with pytest.raises(ValueError, match="nan_policy='ignore' is not accepted; choose one of"):
-        train.fit(
+        loop.fit(
             _state(_MLP(), optax.sgd(0.1)),
             train.make_train_step(),
             _batches(x, label),
@@ -260,9 +260,9 @@ def test_resume_mid_accumulation_with_ema_and_guard_is_exact(tmp_path):
 
     kw = dict(key=jax.random.PRNGKey(2), progress=False)
     batches = _batches(x, label, nan_steps=(4,))
-    full, _ = train.fit(_state(_BN(), tx()), train.make_train_step(), batches, steps=14, **kw)
+    full, _ = loop.fit(_state(_BN(), tx()), train.make_train_step(), batches, steps=14, **kw)
     wd = str(tmp_path)
-    train.fit(
+    loop.fit(
         _state(_BN(), tx()),
         train.make_train_step(),
         batches,
@@ -270,7 +270,7 @@ def test_resume_mid_accumulation_with_ema_and_guard_is_exact(tmp_path):
         workdir=wd,
         **kw,
     )
-    resumed, summary = train.fit(
+    resumed, summary = loop.fit(
         _state(_BN(), tx()), train.make_train_step(), batches, steps=14, workdir=wd, **kw
     )
     _leaves_equal(train.numpy_tree(resumed.tree()), train.numpy_tree(full.tree()))

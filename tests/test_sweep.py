@@ -32,7 +32,7 @@ def test_sweep_end_to_end(tmp_path):
     for row in report["rows"]:
         for key in ("optimizer", "schedule", "batch_size", "final_train_loss", "wall_s"):
             assert key in row, key
-        assert 0.0 <= row["test_accuracy"] <= 1.0
+        assert row["test_accuracy"] >= 0.15, row  # chance is 0.1
     by_name = {row["name"]: row for row in report["rows"]}
     assert by_name["sgd/warmup_cosine"]["learning_rate"] == 1.0  # the per-optimizer rates
     assert by_name["adam/warmup_cosine"]["learning_rate"] == 0.01

@@ -25,12 +25,18 @@ from jaxopt_ft.data.loader import eval_batches as eval_batches
 from jaxopt_ft.data.loader import load as load
 from jaxopt_ft.data.loader import subset as subset
 from jaxopt_ft.data.loader import train_batches as train_batches
+from jaxopt_ft.data.targets import TargetSpec as TargetSpec
+from jaxopt_ft.data.targets import available_targets as available_targets
+from jaxopt_ft.data.targets import derive_targets as derive_targets
 
 __all__ = [
     "BUILTIN",
     "Dataset",
+    "TargetSpec",
+    "available_targets",
     "batch_at",
     "clear_cache",
+    "derive_targets",
     "eval_batches",
     "input_shape",
     "load",

@@ -18,96 +18,54 @@ import statistics
 
 import jax
 
-from jaxopt_ft import data, optim, train
+from jaxopt_ft import data, optim
 from jaxopt_ft.experiments import common
+from jaxopt_ft.experiments.settings import AugmentSettings as Settings
 
 ARMS = ("no_augment", "augment")
 
 
-def _seeds(config) -> tuple[int, ...]:
-    seeds = tuple(common.get(config, "augment.seeds"))
-    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
-    if len(seeds) < 2 or bad or len(set(seeds)) != len(seeds):
+def validate(s: Settings) -> None:
+    train_ds = common.validate_common(s)
+    small = data.subset(train_ds, fraction=s.subset.fraction, seed=0)
+    if s.train.batch_size > len(small.label):
         raise ValueError(
-            f"augment.seeds={list(seeds)!r} must be at least two distinct integers >= 0 (the "
-            "standard deviation needs two), e.g. (0, 1, 2, 3, 4)."
-        )
-    return seeds
-
-
-def validate(config) -> None:
-    common.validate_common(config)
-    _seeds(config)
-    common.check_float(config, "subset.fraction", low=0.0, high=1.0)
-    if not common.get(config, "augment.ops"):
-        raise ValueError(
-            "augment.ops is empty: the 'augment' arm would equal 'no_augment'; set e.g. "
-            "--config.augment.ops='crop(pad=1)'."
-        )
-    train_ds = common.load_split(config, "train")
-    small = data.subset(train_ds, fraction=common.get(config, "subset.fraction"), seed=0)
-    batch_size = common.get(config, "train.batch_size")
-    if batch_size > len(small.label):
-        raise ValueError(
-            f"train.batch_size={batch_size} exceeds the {len(small.label)} examples of the "
-            f"subset (subset.fraction={common.get(config, 'subset.fraction')}); lower it."
+            f"train.batch_size={s.train.batch_size} exceeds the {len(small.label)} examples of "
+            f"the subset (subset.fraction={s.subset.fraction}); lower it."
         )
 
 
-def run(config, workdir: str, *, progress: bool = True) -> dict:
+def run(s: Settings, workdir: str, *, progress: bool = True) -> dict:
     timer = common.Timer()
-    full = common.load_split(config, "train")
-    test_ds = common.load_split(config, "test")
-    model = common.build_model(config, num_classes=full.num_classes)
-    steps = common.get(config, "train.steps")
-    fraction = common.get(config, "subset.fraction")
-    smoothing = common.get(config, "train.label_smoothing", 0.0)
-    axis_name = common.strategy(config).axis_name
+    full = common.load_split(s, "train")
+    test_ds = common.load_split(s, "test")
+    model = common.build_model(s, num_classes=full.num_classes)
     steps_by_arm = {
-        "no_augment": train.make_train_step(label_smoothing=smoothing, axis_name=axis_name),
-        "augment": train.make_train_step(
-            augment=common.build_augment(config, full.name, num_classes=full.num_classes),
-            label_smoothing=smoothing,
-            axis_name=axis_name,
+        "no_augment": common.classification_step(s),
+        "augment": common.classification_step(
+            s, augment=common.build_augment(s, full.name, num_classes=full.num_classes)
         ),
     }
     # One optimizer object and one step function per arm: every seed reuses the compiled step.
-    tx = common.build_optimizer(config, steps=steps)
+    tx = common.build_optimizer(s, steps=s.train.steps)
     acc = {arm: {} for arm in ARMS}
-    wall = {arm: 0.0 for arm in ARMS}
+    wall = dict.fromkeys(ARMS, 0.0)
     n_train = 0
-    for seed in _seeds(config):
-        ds = data.subset(full, fraction=fraction, seed=seed)
+    for seed in s.augment.seeds:
+        ds = data.subset(full, fraction=s.subset.fraction, seed=seed)
         n_train = len(ds.label)
         k_init, k_train = jax.random.split(jax.random.PRNGKey(seed))
         for arm in ARMS:
             t = common.Timer()
-            params, batch_stats = train.init_model(model, k_init, ds.x[:1])
-            state = train.TrainState.create(
-                apply_fn=model.apply,
-                params=params,
-                tx=tx,
-                batch_stats=batch_stats,
-            )
-            state, _ = train.fit(
-                state,
-                steps_by_arm[arm],
-                common.train_batches(
-                    ds, batch_size=common.get(config, "train.batch_size"), seed=seed
-                ),
-                steps=steps,
-                key=k_train,
-                workdir=workdir,
-                phase=f"{arm}_seed{seed}",
-                checkpoint_every=common.get(config, "checkpoint.every_steps"),
-                max_to_keep=common.get(config, "checkpoint.max_to_keep", 3),
-                log_every=common.get(config, "train.log_every", 100),
-                progress=progress,
-                **common.fit_options(config),
-            )
-            if common.get(config, "train.ema_decay", 0.0):
-                state = state.replace(params=optim.ema_params(state.opt_state))
-            metrics = common.evaluate(config, state, test_ds)
+            state = common.new_state(model, k_init, ds.x[:1], tx)
+            state, _ = common.fit_phase(
+                s, state, steps_by_arm[arm],
+                common.train_batches(ds, batch_size=s.train.batch_size, seed=seed),
+                workdir=workdir, phase=f"{arm}_seed{seed}", steps=s.train.steps,
+                key=k_train, progress=progress,
+            )  # fmt: skip
+            params = optim.ema_params(state.opt_state) if s.train.ema_decay else state.params
+            metrics = common.evaluate(s, state.apply_fn, state.variables(params), test_ds)
             acc[arm][seed] = metrics["test_accuracy"]
             wall[arm] += t()
     rows = []
@@ -118,25 +76,23 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
                 "name": arm,
                 "test_accuracy": statistics.fmean(values),
                 "test_accuracy_std": statistics.stdev(values),
-                **{f"test_accuracy_seed{s}": v for s, v in acc[arm].items()},
+                **{f"test_accuracy_seed{seed}": v for seed, v in acc[arm].items()},
                 "train_examples": n_train,
-                "steps": steps,
+                "steps": s.train.steps,
                 "wall_s": wall[arm],
             }
         )
-    diffs = [acc["augment"][s] - acc["no_augment"][s] for s in acc["augment"]]
-    return {
-        "experiment": "augment",
-        "dataset": full.name,
-        "model": common.get(config, "model.name"),
-        "rows": rows,
-        "augment_ops": str(common.get(config, "augment.ops")),
-        "subset_fraction": fraction,
-        "paired_difference": {
+    diffs = [acc["augment"][seed] - acc["no_augment"][seed] for seed in acc["augment"]]
+    return common.report(
+        s,
+        rows,
+        augment_ops=s.augment.ops,
+        subset_fraction=s.subset.fraction,
+        paired_difference={
             "mean": statistics.fmean(diffs),
             "std": statistics.stdev(diffs),
             "improved": sum(d > 0 for d in diffs),
             "seeds": len(diffs),
         },
-        "wall_s": timer(),
-    }
+        wall_s=timer(),
+    )

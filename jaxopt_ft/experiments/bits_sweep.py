@@ -22,87 +22,67 @@ Rows: ``name`` (``<method>@<b>``), ``method``, ``bits``, ``test_accuracy``, ``si
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
-import numpy as np
 
-from jaxopt_ft import quant, report, train
+from jaxopt_ft import data, quant, report, train
 from jaxopt_ft import tree as tree_lib
-from jaxopt_ft.experiments import _quantizing, common
-from jaxopt_ft.quant import core as quant_core
+from jaxopt_ft.experiments import common, pruning, quantizing
+from jaxopt_ft.experiments.settings import BitsSweepSettings as Settings
 
 METHODS = ("ptq_weights", "ptq", "qat")
 
 
-def settings(config) -> dict[str, Any]:
-    """The ``quant`` section plus ``sweep.bits`` and ``sweep.methods``, checked."""
-    s = _quantizing.validate_quant(config)
-    methods = common.get(config, "sweep.methods")
-    if isinstance(methods, str) or not isinstance(methods, (list, tuple)) or not methods:
-        raise ValueError(f"sweep.methods must be a non-empty list, got {methods!r}.")
-    if any(m not in METHODS for m in methods) or len(set(methods)) != len(methods):
-        raise ValueError(
-            f"sweep.methods={list(methods)!r} must be distinct methods among: {', '.join(METHODS)}."
-        )
-    widths = common.get(config, "sweep.bits")
-    if isinstance(widths, (str, int)) or not isinstance(widths, (list, tuple)) or not widths:
-        raise ValueError(f"sweep.bits must be a non-empty list of widths, got {widths!r}.")
-    for i, b in enumerate(widths):
-        quant_core.check_bits(b, what=f"sweep.bits[{i}]")
-    if len(set(widths)) != len(widths):
-        raise ValueError(f"sweep.bits={list(widths)!r} has duplicates; remove them.")
-    return {**s, "methods": tuple(methods), "widths": tuple(int(b) for b in widths)}
+class Setup(NamedTuple):
+    """What the quantization helpers read (a pruning experiment's context has the same)."""
+
+    s: Settings
+    workdir: str
+    progress: bool
+    model: Any
+    train_ds: data.Dataset
+    test_ds: data.Dataset
 
 
-def validate(config) -> None:
-    common.validate_common(config)
-    settings(config)
+def validate(s: Settings) -> None:
+    common.validate_common(s)
+    quantizing.validate_quant(s)
 
 
-def dense_phase(ctx: _quantizing.Setup) -> train.TrainState:
+def dense_phase(ctx: Setup) -> train.TrainState:
     """Trains (or restores) the dense model with the top-level optimizer and ``train`` keys."""
-    config = ctx.config
-    k_init, k_train = jax.random.split(common.seed_key(config))
-    params, batch_stats = train.init_model(ctx.model, k_init, ctx.train_ds.x[:1])
-    steps = common.get(config, "train.steps")
-    state = train.TrainState.create(
-        apply_fn=ctx.model.apply,
-        params=params,
-        tx=common.build_optimizer(config, steps=steps),
-        batch_stats=batch_stats,
-    )
-    step_fn = train.make_train_step(label_smoothing=common.get(config, "train.label_smoothing"))
-    state, _ = common.fit(
-        config, state, step_fn, ctx.train_ds, workdir=ctx.workdir, phase="dense",
-        steps=steps, key=k_train, progress=ctx.progress,
+    s = ctx.s
+    k_init, k_train = jax.random.split(common.seed_key(s))
+    tx = common.build_optimizer(s, steps=s.train.steps)
+    state = common.new_state(ctx.model, k_init, ctx.train_ds.x[:1], tx)
+    batches = common.train_batches(ctx.train_ds, batch_size=s.train.batch_size, seed=s.seed)
+    state, _ = common.fit_phase(
+        s, state, common.classification_step(s), batches, workdir=ctx.workdir, phase="dense",
+        steps=s.train.steps, key=k_train, progress=ctx.progress,
     )  # fmt: skip
     return state
 
 
-def one_row(
-    ctx: _quantizing.Setup, dense: train.TrainState, method: str, bits: int, end: int
-) -> dict[str, Any]:
+def one_row(ctx: Setup, dense: train.TrainState, method: str, bits: int, end: int) -> dict:
     """Quantizes ``dense`` with ``method`` at ``bits`` and measures the result."""
-    weights = _quantizing.layer_bits(dense.params, bits, end_bits=end)
+    weights = quantizing.layer_bits(ctx.model, dense.params, bits, end_bits=end)
     acts = None if method == "ptq_weights" else weights
     params, stats = dense.params, dense.batch_stats
     if method == "qat":
-        params, stats = _quantizing.qat(
+        params, stats = quantizing.qat(
             ctx, params, stats, weights=weights, acts=acts, phase=f"qat@{bits}"
         )
-    qparams = quant.quantize_params(params, _quantizing.weight_rules(weights))
+    qparams = quant.quantize_params(params, quantizing.weight_rules(weights))
     deq = quant.dequantize_params(qparams)
-    ranges = None if acts is None else _quantizing.calibrated_ranges(ctx, deq, stats)
-    fwd = _quantizing.fake_quant_forward(ctx, weights, acts, ranges)
-    variables = _quantizing.variables_of(deq, stats)
-    pred = _quantizing.predictions(ctx, fwd, variables)
+    ranges = None if acts is None else quantizing.calibrated_ranges(ctx, deq, stats)
+    fwd = quantizing.fake_quant_forward(ctx, weights, acts, ranges)
     size = quant.quantized_bytes(qparams)
     return {
         "name": f"{method}@{bits}",
         "method": method,
         "bits": bits,
-        "test_accuracy": float(np.mean(pred == np.asarray(ctx.test_ds.label))),
+        "test_accuracy": pruning.accuracy(ctx, fwd, train.variables_of(deq, stats)),
         "size_bytes": size,
         "compression": tree_lib.tree_bytes(dense.params) / size,
     }
@@ -118,28 +98,23 @@ def plot(workdir: str, rows: list[dict[str, Any]], dense_accuracy: float) -> str
     return report.save_plot(fig, workdir, "bits_accuracy.png")
 
 
-def run(config, workdir: str, *, progress: bool = True) -> dict:
+def run(s: Settings, workdir: str, *, progress: bool = True) -> dict:
     timer = common.Timer()
-    s = settings(config)
-    train_ds = common.load_split(config, "train")
-    test_ds = common.load_split(config, "test")
-    model = common.build_model(config, num_classes=train_ds.num_classes)
-    ctx = _quantizing.Setup(config, workdir, progress, model, train_ds, test_ds)
+    train_ds = common.load_split(s, "train")
+    test_ds = common.load_split(s, "test")
+    model = common.build_model(s, num_classes=train_ds.num_classes)
+    ctx = Setup(s, workdir, progress, model, train_ds, test_ds)
     dense = dense_phase(ctx)
-    dense_accuracy = common.evaluate(config, dense, test_ds)["test_accuracy"]
-    rows = [
-        one_row(ctx, dense, method, bits, s["first_last_bits"])
-        for method in s["methods"]
-        for bits in s["widths"]
-    ]
-    return {
-        "experiment": "bits_sweep",
-        "dataset": common.get(config, "dataset.name"),
-        "model": common.get(config, "model.name"),
-        "rows": rows,
-        "dense_test_accuracy": dense_accuracy,
-        "dense_size_bytes": tree_lib.tree_bytes(dense.params),
-        "first_last_bits": s["first_last_bits"],
-        "plots": [plot(workdir, rows, dense_accuracy)],
-        "wall_s": timer(),
-    }
+    dense_accuracy = common.evaluate(s, dense.apply_fn, dense.variables(), test_ds)
+    dense_accuracy = dense_accuracy["test_accuracy"]
+    end = s.quant.first_last_bits
+    rows = [one_row(ctx, dense, m, b, end) for m in s.sweep.methods for b in s.sweep.bits]
+    return common.report(
+        s,
+        rows,
+        dense_test_accuracy=dense_accuracy,
+        dense_size_bytes=tree_lib.tree_bytes(dense.params),
+        first_last_bits=end,
+        plots=[plot(workdir, rows, dense_accuracy)],
+        wall_s=timer(),
+    )

@@ -1,6 +1,6 @@
 """Experiment ``compress``: train dense, prune gradually, prune channels; compare what ships.
 
-Phases (each resumable through ``train.fit``, checkpoints under ``workdir/checkpoints/<phase>``):
+Phases (each resumable, checkpoints under ``workdir/checkpoints/<phase>``):
 
 1. ``dense``: train the model with the top-level optimizer, schedule and ``train`` settings.
 2. ``prune``: fine-tune the dense weights for ``prune.steps`` steps under ``prune.wrap``:
@@ -30,10 +30,10 @@ Rows (one per deployable model):
   The ``pruned`` model is timed as it runs after loading its export: dense kernels holding
   zeros, because XLA has no sparse kernels on CPU; only the compacted model is smaller to run.
 
-Each row comes from a small function taking the shared :class:`Context` and the states it
-needs (``_pruning.dense_phase``, ``pruned_phase``, ``structured_phase``) and builds its row
-with ``_pruning.row``, so further rows (e.g. quantized models) can be added from the same
-trained states; ``run`` times every registered row at the end (``_pruning.time_rows``).
+Each row comes from a small function taking the shared :class:`pruning.Context` and the states
+it needs (``pruning.dense_phase``, ``pruned_phase``, ``structured_phase``) and builds its row
+with ``pruning.row``, so further rows (e.g. quantized models) can be added from the same
+trained states; ``run`` times every registered row at the end (``pruning.time_rows``).
 """
 
 from __future__ import annotations
@@ -46,66 +46,41 @@ import jax.numpy as jnp
 
 from jaxopt_ft import prune, report, train
 from jaxopt_ft import tree as tree_lib
-from jaxopt_ft.experiments import _pruning, _quantizing, common
-from jaxopt_ft.experiments._pruning import Context
-from jaxopt_ft.prune import export as prune_export
-from jaxopt_ft.prune import structured as prune_structured
+from jaxopt_ft.experiments import common, pruning, quantizing
+from jaxopt_ft.experiments.pruning import Context
+from jaxopt_ft.experiments.settings import CompressSettings as Settings
 
 PyTree = Any
 
 
-def _structured_target(config) -> float | list[tuple[str, float]]:
+def _structured_target(s: Settings) -> float | list[tuple[str, float]]:
     """``prune.structured_rules`` when given, else the one ``prune.structured_sparsity``."""
-    rules = _pruning.read_rules(config, "prune.structured_rules")
-    if rules is None:
-        return _pruning.read_sparsity(config, "prune.structured_sparsity")
-    for rx, s in rules:
-        prune.check_sparsity(s, what=f"prune.structured_rules fraction of {rx!r}")
-    return [(rx, float(s)) for rx, s in rules]
+    return list(s.prune.structured_rules) or s.prune.structured_sparsity
 
 
-def settings(config) -> dict[str, Any]:
-    """``_pruning.pruning_settings`` plus the structured-pruning, export and timing keys."""
-    s = _pruning.pruning_settings(config)
-    s["structured_sparsity"] = _structured_target(config)
-    s["structured_norm"] = common.check_choice(
-        config, "prune.structured_norm", prune_structured.NORMS
-    )
-    s["structured_steps"] = common.check_int(config, "prune.structured_steps", minimum=0)
-    s["structured_learning_rate"] = common.check_float(
-        config, "prune.structured_learning_rate", low=0.0, high=100.0
-    )
-    s["export_format"] = common.check_choice(config, "prune.export_format", prune_export.FORMATS)
-    s["timing_repeats"] = common.check_int(config, "eval.timing_repeats", minimum=1)
-    return s
-
-
-def validate(config) -> None:
-    """Checks every key and surfaces the pruning library's errors before any training."""
-    common.validate_common(config)
-    _quantizing.validate_quant(config)
-    s = settings(config)
-    train_ds = common.load_split(config, "train")
-    model = common.build_model(config, num_classes=train_ds.num_classes)
-    params = _pruning.abstract_params(model, train_ds.x)
-    _pruning.check_prunable(s, params)
-    tx = _pruning.pruning_optimizer(
-        config, s, params, steps=s["steps"], key=jax.random.PRNGKey(0), **_pruning.target(s)
-    )
+def validate(s: Settings) -> None:
+    """Surfaces the pruning library's errors before any training."""
+    train_ds = common.validate_common(s)
+    quantizing.validate_quant(s)
+    model = common.build_model(s, num_classes=train_ds.num_classes)
+    params = pruning.abstract_params(model, train_ds.x)
+    p = s.prune
+    tx = pruning.pruning_optimizer(
+        s, model, params, steps=p.steps, key=jax.random.PRNGKey(0), sparsity=p.sparsity,
+        scorer=p.scorer, scope=p.scope, distribution=p.distribution,
+    )  # fmt: skip
     jax.eval_shape(tx.init, params)
-    groups = prune.unit_groups(model, params)  # unsupported models fail here
-    structured = s["structured_sparsity"]
-    if isinstance(structured, list):
+    groups = prune.unit_groups(model, params)  # models without unit groups fail here
+    if p.structured_rules:
         tree_lib.match_rules(
-            {g.name: 0 for g in groups}, structured, what="prune.structured_rules", default=0.0
-        )
-    if s["structured_steps"]:
-        _pruning.optimizer(
-            config,
-            learning_rate=s["structured_learning_rate"],
-            steps=s["structured_steps"],
-            schedule=s["schedule"],
-        )
+            {g.name: 0 for g in groups}, list(p.structured_rules),
+            what="prune.structured_rules", default=0.0,
+        )  # fmt: skip
+    if p.structured_steps:
+        common.build_optimizer(
+            s, steps=p.structured_steps, learning_rate=p.structured_learning_rate,
+            schedule=p.schedule,
+        )  # fmt: skip
 
 
 def pruned_phase(ctx: Context, dense: train.TrainState) -> tuple[train.TrainState, PyTree, dict]:
@@ -114,18 +89,15 @@ def pruned_phase(ctx: Context, dense: train.TrainState) -> tuple[train.TrainStat
     The row evaluates the params read back from the sparse export, i.e. what ships.
     """
     timer = common.Timer()
-    state, masks = _pruning.prune_from(
-        ctx,
-        dense,
-        phase="prune",
-        steps=ctx.s["steps"],
-        key=ctx.keys["prune"],
-        **_pruning.target(ctx.s),
-    )
+    p = ctx.s.prune
+    state, masks = pruning.prune_from(
+        ctx, dense, phase="prune", steps=p.steps, key=ctx.keys["prune"], sparsity=p.sparsity,
+        scorer=p.scorer, scope=p.scope, distribution=p.distribution,
+    )  # fmt: skip
     path = os.path.join(ctx.workdir, "pruned.npz")
-    size = prune.export_sparse(state.params, path, format=ctx.s["export_format"])
+    size = prune.export_sparse(state.params, path, format=p.export_format)
     shipped = jax.tree.map(jnp.asarray, prune.load_sparse(path, like=state.params))
-    out = _pruning.row(
+    out = pruning.row(
         ctx, "pruned", forward=ctx.forward, variables=state.variables(shipped),
         params=shipped, size_bytes=size, wall_s=timer(),
     )  # fmt: skip
@@ -140,29 +112,25 @@ def structured_phase(
     Returns (fine-tuned compact state, the :class:`prune.Compacted` before fine-tuning, row).
     """
     timer = common.Timer()
-    s = ctx.s
+    p = ctx.s.prune
     masks = prune.structured_masks(
-        ctx.model, dense.params, sparsity=s["structured_sparsity"], norm=s["structured_norm"]
+        ctx.model, dense.params, sparsity=_structured_target(ctx.s), norm=p.structured_norm
     )
     small = prune.compact(ctx.model, dense.params, masks, batch_stats=dense.batch_stats or None)
-    steps = s["structured_steps"]
-    state = train.TrainState.create(
-        apply_fn=small.model.apply,
-        params=small.params,
-        tx=_pruning.optimizer(
-            ctx.config,
-            learning_rate=s["structured_learning_rate"],
-            steps=max(steps, 1),
-            schedule=s["schedule"],
-        ),
-        batch_stats=small.batch_stats or {},
+    steps = p.structured_steps
+    tx = common.build_optimizer(
+        ctx.s, steps=max(steps, 1), learning_rate=p.structured_learning_rate, schedule=p.schedule
     )
+    state = train.TrainState.create(
+        apply_fn=small.model.apply, params=small.params, tx=tx,
+        batch_stats=small.batch_stats or {},
+    )  # fmt: skip
     if steps:
-        state, _ = _pruning.fit_phase(
+        state, _ = pruning.fit_phase(
             ctx, state, phase="structured", steps=steps, key=ctx.keys["structured"]
         )
-    out = _pruning.row(
-        ctx, "structured", forward=_pruning.forward_of(small.model), variables=state.variables(),
+    out = pruning.row(
+        ctx, "structured", forward=pruning.forward_of(small.model), variables=state.variables(),
         params=state.params, size_bytes=tree_lib.tree_bytes(state.params), wall_s=timer(),
     )  # fmt: skip
     return state, small, out
@@ -170,10 +138,7 @@ def structured_phase(
 
 def layer_summary(ctx: Context, params: PyTree, masks: PyTree) -> list[dict[str, Any]]:
     """``prune.summary`` rows of the weight matrices (ndim >= 2) and the prunable total."""
-    chosen = prune.select_prunable(
-        params, ctx.s["rules"], exclude_first=ctx.s["exclude_first"],
-        exclude_last=ctx.s["exclude_last"],
-    )  # fmt: skip
+    chosen = pruning.prunable(ctx.s.prune, ctx.model, params)
     rows = prune.summary(params, masks, prunable=chosen)
     keep = [r for r in rows if len(r["shape"]) >= 2 or r["name"] == "total (prunable)"]
     return [{**r, "shape": list(r["shape"])} for r in keep]
@@ -200,34 +165,29 @@ def plot_layer_sparsity(workdir: str, rows: list[dict[str, Any]]) -> str:
     total = [r for r in rows if r["name"] == "total (prunable)"]
     if total:
         ax.axhline(total[0]["sparsity"], color="k", ls="--", lw=1, label="all prunable weights")
-        ax.legend(loc="upper left", fontsize=8)
+        ax.legend(loc="upper left", fontsize=8)  # placed by hand: save_plot's legend=False
     ax.set_ylim(0, 1.2)
     ax.set_ylabel("sparsity (zeros / weights)")
     ax.set_title("per-layer sparsity of the pruned model", fontsize=9)
-    fig.tight_layout()
-    report.savefig(fig, os.path.join(workdir, "layer_sparsity.png"), dpi=100)
-    plt.close(fig)
-    return "layer_sparsity.png"
+    return report.save_plot(fig, workdir, "layer_sparsity.png", legend=False)
 
 
-def run(config, workdir: str, *, progress: bool = True) -> dict:
+def run(s: Settings, workdir: str, *, progress: bool = True) -> dict:
     timer = common.Timer()
-    ctx = _pruning.make_context(config, workdir, progress=progress, s=settings(config))
-    dense, dense_row = _pruning.dense_phase(ctx)
+    ctx = pruning.make_context(s, workdir, progress=progress)
+    dense, dense_row = pruning.dense_phase(ctx)
     pruned, masks, pruned_row = pruned_phase(ctx, dense)
     _, small, structured_row = structured_phase(ctx, dense)
     rows = [dense_row, pruned_row, structured_row]
-    rows += _quantizing.quant_rows(ctx, dense=dense, pruned=pruned, masks=masks)
-    _pruning.time_rows(ctx, rows)
+    rows += quantizing.quant_rows(ctx, dense=dense, pruned=pruned, masks=masks)
+    pruning.time_rows(ctx, rows)
     layers = layer_summary(ctx, pruned.params, masks)
-    return {
-        "experiment": "compress",
-        "dataset": common.get(config, "dataset.name"),
-        "model": common.get(config, "model.name"),
-        "rows": rows,
-        "prunable_params": ctx.prunable_params,
-        "layer_sparsity": layers,
-        "structured_kept_units": {k: int(v.size) for k, v in small.kept.items()},
-        "plots": [plot_layer_sparsity(workdir, layers)],
-        "wall_s": timer(),
-    }
+    return common.report(
+        s,
+        rows,
+        prunable_params=ctx.prunable_params,
+        layer_sparsity=layers,
+        structured_kept_units={k: int(v.size) for k, v in small.kept.items()},
+        plots=[plot_layer_sparsity(workdir, layers)],
+        wall_s=timer(),
+    )

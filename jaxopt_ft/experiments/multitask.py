@@ -7,118 +7,81 @@ test metrics (``<task>_accuracy`` / ``<task>_mse``), ``params`` (trunk + heads; 
 for ``single_task``), ``wall_s`` and, for methods with weights other than 1, the final
 ``weight_<task>``. The top level has ``tasks`` (their order) and ``task_similarity``: the mean
 cosine similarity of the per-task trunk gradients over the training of ``similarity_from``,
-also drawn as ``task_similarity.png``. Each row is its own resumable `train.fit` phase.
+also drawn as ``task_similarity.png``. Each row is its own resumable phase.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import os
 
 import jax
-import ml_collections
 import numpy as np
 
-from jaxopt_ft import data, report, train
+from jaxopt_ft import data, report
 from jaxopt_ft import multitask as mt
 from jaxopt_ft import tree as tree_lib
 from jaxopt_ft.experiments import common
+from jaxopt_ft.experiments.settings import MultitaskSettings as Settings
 
-ROWS = ("single_task", *mt.METHODS)
-DEFAULT_ROWS = ("single_task", "equal", "uncertainty", "dwa", "gradnorm", "pcgrad", "alternating")
 _VARYING_WEIGHTS = ("static", "uncertainty", "dwa", "gradnorm")
 
 
-def config_section(tasks: dict, arg: str | None = None) -> ml_collections.ConfigDict:
-    """The ``multitask`` config section with defaults, for config files.
-
-    Args:
-        tasks: ``{name: {"kind", "num_classes", "loss"}}``: the tasks the config offers.
-        arg: the config file's ``:arg``, a comma-separated subset of ``tasks`` (None: all).
-
-    Raises:
-        ValueError: for a task name in ``arg`` that ``tasks`` does not offer.
-    """
-    names = [n.strip() for n in arg.split(",") if n.strip()] if arg else list(tasks)
-    unknown = [n for n in names if n not in tasks]
-    if unknown or not names:
-        raise ValueError(
-            f"The config argument {arg!r} names unknown task(s) {unknown}; pick a "
-            f"comma-separated subset of {', '.join(tasks)}."
-        )
-    return ml_collections.ConfigDict(
-        {
-            # Unsorted, so that tasks keep the order they are declared in.
-            "tasks": ml_collections.ConfigDict({n: dict(tasks[n]) for n in names}, sort_keys=False),
-            "rows": DEFAULT_ROWS,
-            "static_weights": ml_collections.ConfigDict(dict.fromkeys(names, 1.0), sort_keys=False),
-            "dwa_temperature": 2.0,
-            "dwa_window": 0,  # steps per DWA window; 0 = one epoch
-            "gradnorm_alpha": 1.5,
-            "gradnorm_lr": 0.025,
-            "alternate": "round_robin",
-            "similarity_from": "equal",
-            "similarity_every": 10,
-        }
-    )
+def _tasks(s: Settings) -> tuple[mt.Task, ...]:
+    return mt.make_tasks(s.multitask.tasks)
 
 
-def _plain(value):
-    return value.to_dict() if hasattr(value, "to_dict") else value
-
-
-def _tasks(config) -> tuple[mt.Task, ...]:
-    return mt.make_tasks(_plain(common.get(config, "multitask.tasks")))
-
-
-def _method(config, name: str, *, window: int) -> mt.Method:
+def _method(s: Settings, name: str, *, window: int) -> mt.Method:
+    m = s.multitask
     return mt.Method(
         name=name,
-        static_weights=dict(_plain(common.get(config, "multitask.static_weights"))),
-        temperature=float(common.get(config, "multitask.dwa_temperature")),
+        static_weights=dict(m.static_weights),
+        temperature=m.dwa_temperature,
         window=window,
-        alpha=float(common.get(config, "multitask.gradnorm_alpha")),
-        weight_lr=float(common.get(config, "multitask.gradnorm_lr")),
-        alternate=common.get(config, "multitask.alternate"),
+        alpha=m.gradnorm_alpha,
+        weight_lr=m.gradnorm_lr,
+        alternate=m.alternate,
     )
 
 
-def _dwa_window(config, n_train: int) -> int:
-    window = common.get(config, "multitask.dwa_window")
-    return window or max(1, n_train // common.get(config, "train.batch_size"))
+def _dwa_window(s: Settings, n_train: int) -> int:
+    return s.multitask.dwa_window or max(1, n_train // s.train.batch_size)
 
 
-def validate(config) -> None:
-    common.validate_common(config)
-    tasks = _tasks(config)
+def _check_declared(tasks: tuple[mt.Task, ...], ds: data.Dataset) -> None:
+    """Every declared task has targets on ``ds``, with the kind and classes they have there."""
+    avail = data.available_targets(ds.name, num_classes=ds.num_classes)
+    for task in tasks:
+        if task.name not in avail:
+            raise ValueError(
+                f"Task {task.name!r} has no labels on dataset {ds.name!r}; tasks with labels "
+                f"there: {', '.join(avail) or 'none'}. Declare only those tasks."
+            )
+        spec = avail[task.name]
+        if (spec.kind, spec.num_classes) != (task.kind, task.num_classes):
+            raise ValueError(
+                f"Task {task.name!r} is declared as {task.kind} with num_classes="
+                f"{task.num_classes}, but its targets on {ds.name!r} are {spec.kind} with "
+                f"num_classes={spec.num_classes}; fix the declaration."
+            )
+
+
+def validate(s: Settings) -> None:
+    train_ds = common.validate_common(s)
+    tasks = _tasks(s)
+    _check_declared(tasks, train_ds)
+    if s.multitask.similarity_every > s.train.steps:
+        raise ValueError(
+            f"multitask.similarity_every={s.multitask.similarity_every} exceeds train.steps; "
+            "no step would be measured."
+        )
     names = [t.name for t in tasks]
-    train_ds = common.load_split(config, "train")
-    mt.derive_targets(train_ds, tasks)  # a declared task without labels fails here
-    rows = tuple(common.get(config, "multitask.rows"))
-    bad = [r for r in rows if r not in ROWS]
-    if not rows or bad or len(set(rows)) != len(rows):
-        raise ValueError(f"multitask.rows={rows!r} must be distinct names from: {', '.join(ROWS)}.")
-    source = common.get(config, "multitask.similarity_from")
-    if source not in rows or source == "single_task":
-        raise ValueError(
-            f"multitask.similarity_from={source!r} must be one of the multi-task rows "
-            f"{[r for r in rows if r != 'single_task']}."
-        )
-    every = common.check_int(config, "multitask.similarity_every", minimum=1)
-    if every > common.get(config, "train.steps"):
-        raise ValueError(
-            f"multitask.similarity_every={every} exceeds train.steps; no step would be measured."
-        )
-    common.check_int(config, "multitask.dwa_window", minimum=0)
-    weights = _plain(common.get(config, "multitask.static_weights"))
-    if not isinstance(weights, dict):
-        raise ValueError(f"multitask.static_weights must map task -> weight, got {weights!r}.")
-    mt.static_weights(dict.fromkeys(names, 0.0), weights)  # unknown or missing tasks
-    method = _method(config, "equal", window=_dwa_window(config, len(train_ds.label)))
-    for name in rows:  # method hyperparameters and static weights, per row
+    mt.static_weights(dict.fromkeys(names, 0.0), s.multitask.static_weights)
+    window = _dwa_window(s, len(train_ds.label))
+    for name in s.multitask.rows:  # method hyperparameters and static weights, per row
         if name != "single_task":
-            mt.make_train_step(tasks, dataclasses.replace(method, name=name))
+            method = _method(s, name, window=window)
+            if name != "gradnorm":  # its shared layer is resolved from the model at init
+                mt.make_train_step(tasks, method)
 
 
 def _batches(ds: data.Dataset, targets: dict, *, batch_size: int, seed: int):
@@ -133,45 +96,28 @@ def _batches(ds: data.Dataset, targets: dict, *, batch_size: int, seed: int):
     return make
 
 
-def _train_row(config, workdir, *, tasks, method, phase, train_ds, targets, keys, progress):
-    steps = common.get(config, "train.steps")
-    trunk = common.build_model(config, num_classes=train_ds.num_classes)
+def _train_row(s: Settings, workdir, *, tasks, method, phase, train_ds, targets, keys, progress):
+    steps = s.train.steps
+    trunk = common.build_model(s, num_classes=train_ds.num_classes)
     model = mt.MultiTaskModel(trunk, tasks)
-    head_tx = common.build_optimizer(config, steps=math.ceil(steps / len(tasks)))
-    state = mt.init_state(
+    state, method = mt.init_state(
         model,
         method,
         key=keys[0],
         sample_x=train_ds.x[:1],
-        tx=common.build_optimizer(config, steps=steps),
-        head_tx=head_tx,
+        tx=common.build_optimizer(s, steps=steps),
+        head_tx=common.build_optimizer(s, steps=math.ceil(steps / len(tasks))),
     )
-    every = common.get(config, "multitask.similarity_every")
-    is_source = phase == common.get(config, "multitask.similarity_from")
-    strategy = common.strategy(config)
+    every = s.multitask.similarity_every if phase == s.multitask.similarity_from else 0
     step_fn = mt.make_train_step(
-        tasks, method, similarity_every=every if is_source else 0, axis_name=strategy.axis_name
+        tasks, method, similarity_every=every, axis_name=common.strategy(s).axis_name
     )
-    batches = _batches(
-        train_ds,
-        targets,
-        batch_size=common.get(config, "train.batch_size"),
-        seed=common.get(config, "seed"),
-    )
-    return train.fit(
-        state,
-        step_fn,
-        batches,
-        steps=steps,
-        key=keys[1],
-        workdir=workdir,
-        phase=phase,
-        checkpoint_every=common.get(config, "checkpoint.every_steps"),
-        max_to_keep=common.get(config, "checkpoint.max_to_keep", 3),
-        log_every=common.get(config, "train.log_every", 100),
+    batches = _batches(train_ds, targets, batch_size=s.train.batch_size, seed=s.seed)
+    state, summary = common.fit_phase(
+        s, state, step_fn, batches, workdir=workdir, phase=phase, steps=steps, key=keys[1],
         progress=progress,
-        strategy=strategy,
-    )
+    )  # fmt: skip
+    return state, method, summary
 
 
 def _plot(workdir: str, matrix: np.ndarray, names, title: str) -> str:
@@ -186,98 +132,87 @@ def _plot(workdir: str, matrix: np.ndarray, names, title: str) -> str:
             ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", color=color, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    name = "task_similarity.png"
-    report.savefig(fig, os.path.join(workdir, name), dpi=120)
-    plt.close(fig)
-    return name
+    return report.save_plot(fig, workdir, "task_similarity.png", legend=False, dpi=120)
 
 
-def run(config, workdir: str, *, progress: bool = True) -> dict:
-    tasks = _tasks(config)
+def run(s: Settings, workdir: str, *, progress: bool = True) -> dict:
+    tasks = _tasks(s)
     names = [t.name for t in tasks]
-    train_ds = common.load_split(config, "train")
-    test_ds = common.load_split(config, "test")
-    train_y = mt.derive_targets(train_ds, tasks)
-    test_y = mt.derive_targets(test_ds, tasks, reference=train_ds)
-    keys = jax.random.split(common.seed_key(config))
-    window = _dwa_window(config, len(train_ds.label))
-    eval_bs = common.get(config, "eval.batch_size", 1000)
-    common_kw = dict(train_ds=train_ds, keys=keys, progress=progress)
+    train_ds = common.load_split(s, "train")
+    test_ds = common.load_split(s, "test")
+    train_y = data.derive_targets(train_ds, names)
+    test_y = data.derive_targets(test_ds, names, reference=train_ds)
+    keys = jax.random.split(common.seed_key(s))
+    window = _dwa_window(s, len(train_ds.label))
+    kw = dict(train_ds=train_ds, keys=keys, progress=progress)
     rows, similarity = [], None
-    for row_name in common.get(config, "multitask.rows"):
+    for row_name in s.multitask.rows:
         timer = common.Timer()
         if row_name == "single_task":
             row, params = {"name": row_name}, 0
             for task in tasks:
-                state, _ = _train_row(
-                    config,
-                    workdir,
-                    tasks=(task,),
-                    method=mt.Method(name="equal"),
+                state, _, _ = _train_row(
+                    s, workdir, tasks=(task,), method=mt.Method(name="equal"),
                     phase=f"single_task_{task.name}",
-                    targets={task.name: train_y[task.name]},
-                    **common_kw,
-                )
-                row.update(mt.evaluate(state, (task,), test_ds.x, test_y, batch_size=eval_bs))
-                params += tree_lib.count_params(state.model_params())
+                    targets={task.name: train_y[task.name]}, **kw,
+                )  # fmt: skip
+                row.update(_evaluate(s, state, (task,), test_ds, test_y))
+                params += tree_lib.count_params(mt.model_params(state.params))
             row.update(params=params, wall_s=timer())
             rows.append(row)
             continue
-        method = _method(config, row_name, window=window)
-        state, summary = _train_row(
-            config,
-            workdir,
-            tasks=tasks,
-            method=method,
-            phase=row_name,
-            targets=train_y,
-            **common_kw,
-        )
-        row = {"name": row_name, **mt.evaluate(state, tasks, test_ds.x, test_y, batch_size=eval_bs)}
-        row["params"] = tree_lib.count_params(state.model_params())
+        state, method, summary = _train_row(
+            s, workdir, tasks=tasks, method=_method(s, row_name, window=window), phase=row_name,
+            targets=train_y, **kw,
+        )  # fmt: skip
+        row = {"name": row_name, **_evaluate(s, state, tasks, test_ds, test_y)}
+        row["params"] = tree_lib.count_params(mt.model_params(state.params))
         if row_name in _VARYING_WEIGHTS:
             row.update(_final_weights(state, tasks, method))
         row["train_steps_per_s"] = summary.get("train_steps_per_s")
         row["wall_s"] = timer()
         rows.append(row)
-        if row_name == common.get(config, "multitask.similarity_from"):
-            similarity = (np.asarray(state.similarity.mean()), int(state.similarity.count))
+        if row_name == s.multitask.similarity_from:
+            sim = state.aux["similarity"]
+            similarity = (np.asarray(sim.mean()), int(sim.count))
     matrix, count = similarity
-    source = common.get(config, "multitask.similarity_from")
+    source = s.multitask.similarity_from
     plot = _plot(
         workdir,
         matrix,
         names,
         f"Cosine similarity of per-task trunk gradients\n({source} run, mean of {count} steps)",
     )
-    return {
-        "experiment": "multitask",
-        "dataset": common.get(config, "dataset.name"),
-        "model": common.get(config, "model.name"),
-        "rows": rows,
-        "tasks": names,
-        "task_similarity": [[round(float(v), 4) for v in r] for r in matrix],
-        "similarity_from": source,
-        "similarity_steps": count,
-        "plots": [plot],
-    }
+    return common.report(
+        s,
+        rows,
+        tasks=names,
+        task_similarity=[[round(float(v), 4) for v in r] for r in matrix],
+        similarity_from=source,
+        similarity_steps=count,
+        plots=[plot],
+    )
 
 
-def _final_weights(state: mt.MultiTaskState, tasks, method: mt.Method) -> dict[str, float]:
+def _evaluate(s: Settings, state, tasks, test_ds: data.Dataset, test_y) -> dict[str, float]:
+    return mt.evaluate(state, tasks, test_ds.x, test_y, batch_size=s.eval.batch_size)
+
+
+def _final_weights(state, tasks, method: mt.Method) -> dict[str, float]:
     """The weights each task's loss had at the end of training."""
     names = [t.name for t in tasks]
+    weighting = state.aux["weighting"]
     if method.name == "static":
         w = dict(method.static_weights)
     elif method.name == "uncertainty":
         w = {
-            t.name: mt.weighting.UNCERTAINTY_FACTOR[t.kind]
+            t.name: mt.UNCERTAINTY_FACTOR[t.kind]
             * math.exp(-float(state.params["log_vars"][t.name]))
             for t in tasks
         }
     elif method.name == "dwa":
-        current = mt.weighting.dwa_current(state.weighting, temperature=method.temperature)
+        current = mt.dwa_current(weighting, temperature=method.temperature)
         w = dict(zip(names, np.asarray(current), strict=True))
     else:
-        w = dict(zip(names, np.asarray(state.weighting.weights), strict=True))
+        w = dict(zip(names, np.asarray(weighting.weights), strict=True))
     return {f"weight_{n}": float(w[n]) for n in names}

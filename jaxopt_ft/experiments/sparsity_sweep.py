@@ -16,7 +16,8 @@ Methods (scorer, scope, per-layer distribution):
   threshold across layers (as SNIP ranks connections globally).
 
 Rows: ``name`` (``<method>@<sparsity>``), ``method``, ``target_sparsity``, ``sparsity`` (the
-achieved fraction of zero prunable weights, at least the target), ``test_accuracy``. The
+achieved fraction of zero prunable weights: ``round(target * n) / n`` as `torch.nn.utils.prune`
+counts, per layer or over all layers), ``test_accuracy``. The
 report also holds ``dense_test_accuracy`` and ``sparsity_accuracy.png`` (one line per method,
 the dense accuracy dashed).
 """
@@ -25,8 +26,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from jaxopt_ft import prune, report
-from jaxopt_ft.experiments import _pruning, common
+from jaxopt_ft import report
+from jaxopt_ft.experiments import common, pruning
+from jaxopt_ft.experiments.settings import SparsitySweepSettings as Settings
 
 METHODS: dict[str, tuple[str, str, str]] = {
     "magnitude-layer": ("magnitude", "layer", "uniform"),
@@ -37,49 +39,20 @@ METHODS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def _strings(config, key: str) -> tuple[str, ...]:
-    value = common.get(config, key)
-    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
-        raise ValueError(f"{key} must be a non-empty list, got {value!r}.")
-    return tuple(value)
-
-
-def settings(config) -> dict[str, Any]:
-    """The ``prune`` keys that the sweep shares with ``compress`` plus the ``sweep`` section."""
-    s = _pruning.pruning_settings(config, target=False)
-    methods = _strings(config, "sweep.methods")
-    bad = [m for m in methods if m not in METHODS]
-    if bad or len(set(methods)) != len(methods):
-        raise ValueError(
-            f"sweep.methods={list(methods)!r} must be distinct methods among: {', '.join(METHODS)}."
-        )
-    sparsities = _strings(config, "sweep.sparsities")
-    for i, value in enumerate(sparsities):
-        prune.check_sparsity(value, what=f"sweep.sparsities[{i}]")
-    if len(set(sparsities)) != len(sparsities):
-        raise ValueError(f"sweep.sparsities={list(sparsities)!r} has duplicates; remove them.")
-    s["methods"] = methods
-    s["sparsities"] = tuple(float(v) for v in sparsities)
-    return s
-
-
 def method_target(method: str, sparsity: float) -> dict[str, Any]:
     """The ``sparsity``/``scorer``/``scope``/``distribution`` keywords of one sweep run."""
     scorer, scope, distribution = METHODS[method]
     return {"sparsity": sparsity, "scorer": scorer, "scope": scope, "distribution": distribution}
 
 
-def validate(config) -> None:
-    common.validate_common(config)
-    s = settings(config)
-    train_ds = common.load_split(config, "train")
-    model = common.build_model(config, num_classes=train_ds.num_classes)
-    params = _pruning.abstract_params(model, train_ds.x)
-    _pruning.check_prunable(s, params)
-    for method in s["methods"]:
-        target = method_target(method, max(s["sparsities"]))
-        key = common.seed_key(config)
-        _pruning.pruning_optimizer(config, s, params, steps=s["steps"], key=key, **target)
+def validate(s: Settings) -> None:
+    train_ds = common.validate_common(s)
+    model = common.build_model(s, num_classes=train_ds.num_classes)
+    params = pruning.abstract_params(model, train_ds.x)
+    for method in s.sweep.methods:
+        target = method_target(method, max(s.sweep.sparsities))
+        key = common.seed_key(s)
+        pruning.pruning_optimizer(s, model, params, steps=s.prune.steps, key=key, **target)
 
 
 def plot(workdir: str, rows: list[dict[str, Any]], dense_accuracy: float) -> str:
@@ -96,17 +69,16 @@ def plot(workdir: str, rows: list[dict[str, Any]], dense_accuracy: float) -> str
     return report.save_plot(fig, workdir, "sparsity_accuracy.png")
 
 
-def run(config, workdir: str, *, progress: bool = True) -> dict:
+def run(s: Settings, workdir: str, *, progress: bool = True) -> dict:
     timer = common.Timer()
-    s = settings(config)
-    ctx = _pruning.make_context(config, workdir, progress=progress, s=s)
-    dense, dense_row = _pruning.dense_phase(ctx)
+    ctx = pruning.make_context(s, workdir, progress=progress)
+    dense, dense_row = pruning.dense_phase(ctx)
     rows = []
-    for method in s["methods"]:
-        for sparsity in s["sparsities"]:
+    for method in s.sweep.methods:
+        for sparsity in s.sweep.sparsities:
             name = f"{method}@{sparsity:g}"
-            state, _ = _pruning.prune_from(
-                ctx, dense, phase=name, steps=s["steps"], key=ctx.keys["prune"],
+            state, _ = pruning.prune_from(
+                ctx, dense, phase=name, steps=s.prune.steps, key=ctx.keys["prune"],
                 **method_target(method, sparsity),
             )  # fmt: skip
             rows.append(
@@ -114,17 +86,15 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
                     "name": name,
                     "method": method,
                     "target_sparsity": sparsity,
-                    "sparsity": _pruning.counts(ctx, state.params)["sparsity"],
-                    "test_accuracy": _pruning.accuracy(ctx, ctx.forward, state.variables()),
+                    "sparsity": pruning.counts(ctx, state.params)["sparsity"],
+                    "test_accuracy": pruning.accuracy(ctx, ctx.forward, state.variables()),
                 }
             )
-    return {
-        "experiment": "sparsity_sweep",
-        "dataset": common.get(config, "dataset.name"),
-        "model": common.get(config, "model.name"),
-        "rows": rows,
-        "dense_test_accuracy": dense_row["test_accuracy"],
-        "prunable_params": ctx.prunable_params,
-        "plots": [plot(workdir, rows, dense_row["test_accuracy"])],
-        "wall_s": timer(),
-    }
+    return common.report(
+        s,
+        rows,
+        dense_test_accuracy=dense_row["test_accuracy"],
+        prunable_params=ctx.prunable_params,
+        plots=[plot(workdir, rows, dense_row["test_accuracy"])],
+        wall_s=timer(),
+    )

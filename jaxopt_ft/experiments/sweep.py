@@ -12,12 +12,12 @@ One row per run (``name``, ``optimizer``, ``schedule``, ``batch_size``, ``learni
 ``steps``, ``test_accuracy``, ``test_loss``, ``final_train_loss`` (over the whole training
 split at the end), ``nonfinite_updates``, ``wall_s``), and two plots in the workdir:
 ``loss_curves.png`` (logged training loss per run) and ``accuracy_bars.png``. Every run is
-its own resumable phase of `train.fit`.
+its own resumable phase.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import os
 
 import jax
@@ -26,95 +26,74 @@ import numpy as np
 
 from jaxopt_ft import loop, optim, report, train
 from jaxopt_ft.experiments import common
+from jaxopt_ft.experiments.settings import SweepSettings as Settings
 
 
-def _names(config, key: str, accepted) -> tuple[str, ...]:
-    values = tuple(common.get(config, key))
-    bad = [v for v in values if v not in accepted]
-    if not values or bad or len(set(values)) != len(values):
-        raise ValueError(
-            f"{key}={list(values)!r} must be distinct names from: {', '.join(accepted)}"
-            f"{f' (unknown: {bad})' if bad else ''}."
-        )
-    return values
-
-
-def _runs(config) -> list[dict]:
+def _runs(s: Settings) -> list[dict]:
     """The sweep's runs as plain dicts, in report order."""
-    steps = common.get(config, "train.steps")
-    base_bs = common.get(config, "train.batch_size")
-    lrs = common.get(config, "sweep.learning_rates")
+    steps, base_bs, sw = s.train.steps, s.train.batch_size, s.sweep
     runs = []
-    for opt in _names(config, "sweep.optimizers", optim.OPTIMIZERS):
-        for sched in _names(config, "sweep.schedules", optim.SCHEDULES):
+    for opt in sw.optimizers:
+        for sched in sw.schedules:
             runs.append(
                 {
                     "name": f"{opt}/{sched}",
                     "optimizer": opt,
                     "schedule": sched,
                     "batch_size": base_bs,
-                    "learning_rate": float(lrs[opt]),
+                    "learning_rate": float(sw.learning_rates[opt]),
                     "steps": steps,
                 }
             )
-    opt = common.get(config, "sweep.batch_optimizer")
-    sched = common.get(config, "sweep.batch_schedule")
-    for bs in common.get(config, "sweep.batch_sizes"):
+    opt = sw.batch_optimizer
+    for bs in sw.batch_sizes:
         runs.append(
             {
                 "name": f"batch_{bs}",
                 "optimizer": opt,
-                "schedule": sched,
+                "schedule": sw.batch_schedule,
                 "batch_size": bs,
-                "learning_rate": float(lrs[opt]) * bs / base_bs,
+                "learning_rate": float(sw.learning_rates[opt]) * bs / base_bs,
                 "steps": max(1, round(steps * base_bs / bs)),
             }
         )
     return runs
 
 
-def _run_config(config, run: dict):
-    cfg = copy.deepcopy(config)
-    cfg.optimizer.name = run["optimizer"]
-    cfg.optimizer.learning_rate = run["learning_rate"]
-    cfg.schedule.name = run["schedule"]
-    cfg.schedule.warmup_steps = int(common.get(config, "sweep.warmup_fraction") * run["steps"])
-    cfg.train.batch_size = run["batch_size"]
-    cfg.train.steps = run["steps"]
-    return cfg
+def _run_settings(s: Settings, run: dict) -> Settings:
+    """``s`` with one run's optimizer, schedule, batch size and length."""
+    return dataclasses.replace(
+        s,
+        optimizer=dataclasses.replace(
+            s.optimizer, name=run["optimizer"], learning_rate=run["learning_rate"]
+        ),
+        schedule=dataclasses.replace(
+            s.schedule,
+            name=run["schedule"],
+            warmup_steps=int(s.sweep.warmup_fraction * run["steps"]),
+        ),
+        train=dataclasses.replace(s.train, batch_size=run["batch_size"], steps=run["steps"]),
+    )
 
 
-def validate(config) -> None:
-    common.validate_common(config)
-    lrs = common.get(config, "sweep.learning_rates")
-    _names(config, "sweep.optimizers", optim.OPTIMIZERS)
-    _names(config, "sweep.schedules", optim.SCHEDULES)
-    common.check_choice(config, "sweep.batch_optimizer", optim.OPTIMIZERS)
-    common.check_choice(config, "sweep.batch_schedule", optim.SCHEDULES)
-    common.check_float(config, "sweep.warmup_fraction", low=0.0, high=0.5, closed_low=True)
-    needed = set(common.get(config, "sweep.optimizers")) | {
-        common.get(config, "sweep.batch_optimizer")
-    }
-    missing = sorted(n for n in needed if n not in lrs)
-    if missing:
-        raise ValueError(
-            f"sweep.learning_rates has no rate for {missing}; add e.g. "
-            f"--config.sweep.learning_rates.{missing[0]}=0.01 to the config."
-        )
-    sizes = common.get(config, "sweep.batch_sizes")
-    n_train = len(common.load_split(config, "train").label)
-    bad = [b for b in sizes if isinstance(b, bool) or not isinstance(b, int) or not 0 < b]
-    if bad or any(b > n_train for b in sizes):
+def validate(s: Settings) -> None:
+    train_ds = common.validate_common(s)
+    n_train = len(train_ds.label)
+    sizes = s.sweep.batch_sizes
+    if any(b > n_train for b in sizes):
         raise ValueError(
             f"sweep.batch_sizes={list(sizes)!r} must be integers in [1, {n_train}] (the size of "
             "the training split)."
         )
     for b in sizes:
-        common.check_batch(config, b, "sweep.batch_sizes entry")
-    for run in _runs(config):
-        cfg = _run_config(config, run)
-        common.check_float(cfg, "optimizer.learning_rate", low=0.0, high=100.0)
-        common.build_optimizer(cfg, steps=run["steps"])  # rates, schedules, warm-up
+        common.check_batch(s, b, "sweep.batch_sizes entry")
+    for run in _runs(s):
+        if not 0 < run["learning_rate"] <= 100:
+            raise ValueError(
+                f"Run {run['name']!r} scales the learning rate to {run['learning_rate']!r}, "
+                "outside (0, 100]; lower sweep.learning_rates or the largest batch size."
+            )
+        common.build_optimizer(_run_settings(s, run), steps=run["steps"])  # schedules, warm-up
 
 
 def _curve(workdir: str, phase: str) -> tuple[list[int], list[float]]:
@@ -124,42 +103,34 @@ def _curve(workdir: str, phase: str) -> tuple[list[int], list[float]]:
     return [r["step"] for r in mine], [r["loss"] for r in mine]
 
 
-def run(config, workdir: str, *, progress: bool = True) -> dict:
-    train_ds = common.load_split(config, "train")
-    test_ds = common.load_split(config, "test")
-    model = common.build_model(config, num_classes=train_ds.num_classes)
-    k_init, k_train = jax.random.split(common.seed_key(config))
+def run(s: Settings, workdir: str, *, progress: bool = True) -> dict:
+    train_ds = common.load_split(s, "train")
+    test_ds = common.load_split(s, "test")
+    model = common.build_model(s, num_classes=train_ds.num_classes)
+    k_init, k_train = jax.random.split(common.seed_key(s))
     params, batch_stats = train.init_model(model, k_init, train_ds.x[:1])
-    augment = common.build_augment(config, train_ds.name, num_classes=train_ds.num_classes)
-    step_fn = train.make_train_step(
-        augment=augment, label_smoothing=common.get(config, "train.label_smoothing", 0.0)
-    )
+    augment = common.build_augment(s, train_ds.name, num_classes=train_ds.num_classes)
+    step_fn = common.classification_step(s, augment=augment)
     rows, curves = [], {}
-    for r in _runs(config):
+    for r in _runs(s):
         timer = common.Timer()
-        cfg = _run_config(config, r)
+        rs = _run_settings(s, r)
         phase = r["name"].replace("/", "_")
         state = train.TrainState.create(
             apply_fn=model.apply,
             params=jax.tree.map(jnp.array, params),  # fit donates the state; keep ours
-            tx=common.build_optimizer(cfg, steps=r["steps"]),
+            tx=common.build_optimizer(rs, steps=r["steps"]),
             batch_stats=jax.tree.map(jnp.array, batch_stats),
         )
-        state, summary = common.fit(
-            cfg,
-            state,
-            step_fn,
-            train_ds,
-            workdir=workdir,
-            phase=phase,
-            steps=r["steps"],
-            key=k_train,
-            progress=progress,
-        )
-        if common.get(config, "train.ema_decay", 0.0):
-            state = state.replace(params=optim.ema_params(state.opt_state))
-        metrics = common.evaluate(config, state, test_ds)
-        train_loss = common.evaluate(config, state, train_ds)["test_loss"]
+        batches = common.train_batches(train_ds, batch_size=r["batch_size"], seed=s.seed)
+        state, summary = common.fit_phase(
+            rs, state, step_fn, batches, workdir=workdir, phase=phase, steps=r["steps"],
+            key=k_train, progress=progress,
+        )  # fmt: skip
+        params = optim.ema_params(state.opt_state) if s.train.ema_decay else state.params
+        variables = state.variables(params)
+        metrics = common.evaluate(s, state.apply_fn, variables, test_ds)
+        train_loss = common.evaluate(s, state.apply_fn, variables, train_ds)["test_loss"]
         rows.append(
             {
                 **r,
@@ -170,30 +141,25 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
             }
         )
         curves[r["name"]] = (r, *_curve(workdir, phase))
-    plots = [_plot_losses(workdir, curves, config), _plot_accuracy(workdir, rows, config)]
-    return {
-        "experiment": "sweep",
-        "dataset": train_ds.name,
-        "model": common.get(config, "model.name"),
-        "rows": rows,
-        "plots": plots,
-    }
+    plots = [
+        _plot_losses(workdir, curves, s, len(train_ds.label)),
+        _plot_accuracy(workdir, rows, s),
+    ]
+    return common.report(s, rows, plots=plots)
 
 
-def _plot_losses(workdir: str, curves: dict, config) -> str:
+def _plot_losses(workdir: str, curves: dict, s: Settings, n_train: int) -> str:
     plt = report.pyplot()
-    opts = list(common.get(config, "sweep.optimizers"))
+    opts = list(s.sweep.optimizers)
     panels = opts + ["batch size"]
     cols = min(4, len(panels))
     nrows = -(-len(panels) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.8 * nrows), squeeze=False)
-    n_train = None
     for ax, panel in zip(axes.flat, panels, strict=False):
         for name, (r, steps, losses) in curves.items():
             if not steps:
                 continue
             if panel == "batch size" and name.startswith("batch_"):
-                n_train = n_train or len(common.load_split(config, "train").label)
                 epochs = np.asarray(steps) * r["batch_size"] / n_train
                 ax.plot(epochs, losses, label=f"b={r['batch_size']}", lw=1)
             elif panel == r["optimizer"] and not name.startswith("batch_"):
@@ -205,29 +171,26 @@ def _plot_losses(workdir: str, curves: dict, config) -> str:
         ax.legend(fontsize=6)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    smoothing = common.get(config, "train.label_smoothing", 0.0)
+    smoothing = s.train.label_smoothing
     what = f"label smoothing {smoothing}, " if smoothing else ""
-    every = common.get(config, "train.log_every")
+    every = s.train.log_every
     fig.suptitle(f"training loss ({what}one logged batch every {every} steps)", fontsize=10)
-    fig.tight_layout()
-    report.savefig(fig, os.path.join(workdir, "loss_curves.png"), dpi=110)
-    plt.close(fig)
-    return "loss_curves.png"
+    return report.save_plot(fig, workdir, "loss_curves.png", legend=False, dpi=110)
 
 
-def _plot_accuracy(workdir: str, rows: list[dict], config) -> str:
+def _plot_accuracy(workdir: str, rows: list[dict], s: Settings) -> str:
     plt = report.pyplot()
-    opts = list(common.get(config, "sweep.optimizers"))
-    scheds = list(common.get(config, "sweep.schedules"))
+    opts = list(s.sweep.optimizers)
+    scheds = list(s.sweep.schedules)
     grid = {(r["optimizer"], r["schedule"]): r["test_accuracy"] for r in rows if "/" in r["name"]}
     batch = [r for r in rows if r["name"].startswith("batch_")]
     fig, (ax, bx) = plt.subplots(
         1, 2, figsize=(12, 3.6), gridspec_kw={"width_ratios": [3, 1]}, squeeze=True
     )
     width = 0.8 / len(scheds)
-    for i, s in enumerate(scheds):
+    for i, sched in enumerate(scheds):
         xs = np.arange(len(opts)) + (i - (len(scheds) - 1) / 2) * width
-        ax.bar(xs, [grid[(o, s)] for o in opts], width, label=s)
+        ax.bar(xs, [grid[(o, sched)] for o in opts], width, label=sched)
     ax.set_xticks(np.arange(len(opts)), opts)
     ax.set_ylim(max(0.0, min(grid.values()) - 0.03), min(1.0, max(grid.values()) + 0.02))
     ax.set_ylabel("test accuracy")
@@ -239,8 +202,5 @@ def _plot_accuracy(workdir: str, rows: list[dict], config) -> str:
         bx.text(i, a, f"{a:.3f}", ha="center", va="bottom", fontsize=6)
     bx.set_ylim(0.0, 1.0)
     bx.set_xlabel("batch size (lr scaled linearly)")
-    bx.set_title(f"{common.get(config, 'sweep.batch_optimizer')}", fontsize=10)
-    fig.tight_layout()
-    report.savefig(fig, os.path.join(workdir, "accuracy_bars.png"), dpi=110)
-    plt.close(fig)
-    return "accuracy_bars.png"
+    bx.set_title(s.sweep.batch_optimizer, fontsize=10)
+    return report.save_plot(fig, workdir, "accuracy_bars.png", legend=False, dpi=110)

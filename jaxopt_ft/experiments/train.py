@@ -1,6 +1,6 @@
 """Experiment ``train``: train one model on one dataset and report its test metrics.
 
-The training recipes come from the config: ``augment.ops`` (on-device augmentation),
+The training recipes come from the settings: ``augment.ops`` (on-device augmentation),
 ``train.label_smoothing``, ``train.ema_decay`` (the row's test metrics then use the EMA
 parameters; ``test_accuracy_no_ema`` has the raw ones), ``optimizer.clip_norm``,
 ``optimizer.accumulate_steps`` and ``train.nan_policy``.
@@ -10,49 +10,40 @@ from __future__ import annotations
 
 import jax
 
-from jaxopt_ft import optim, train
+from jaxopt_ft import optim
 from jaxopt_ft.experiments import common
+from jaxopt_ft.experiments.settings import TrainSettings as Settings
 
 
-def validate(config) -> None:
-    common.validate_common(config)
+def validate(s: Settings) -> None:
+    common.validate_common(s)
 
 
-def run(config, workdir: str, *, progress: bool = True) -> dict:
+def run(s: Settings, workdir: str, *, progress: bool = True) -> dict:
     timer = common.Timer()
-    name = common.get(config, "dataset.name")
-    train_ds = common.load_split(config, "train")
-    test_ds = common.load_split(config, "test")
-    model = common.build_model(config, num_classes=train_ds.num_classes)
-    k_init, k_train = jax.random.split(common.seed_key(config))
-    params, batch_stats = train.init_model(model, k_init, train_ds.x[:1])
-    steps = common.get(config, "train.steps")
-    tx = common.build_optimizer(config, steps=steps)
-    state = train.TrainState.create(
-        apply_fn=model.apply, params=params, tx=tx, batch_stats=batch_stats
-    )
-    step_fn = train.make_train_step(
-        augment=common.build_augment(config, name, num_classes=train_ds.num_classes),
-        label_smoothing=common.get(config, "train.label_smoothing", 0.0),
-        axis_name=common.strategy(config).axis_name,
-    )
-    state, summary = common.fit(
-        config,
+    train_ds = common.load_split(s, "train")
+    test_ds = common.load_split(s, "test")
+    model = common.build_model(s, num_classes=train_ds.num_classes)
+    k_init, k_train = jax.random.split(common.seed_key(s))
+    tx = common.build_optimizer(s, steps=s.train.steps)
+    state = common.new_state(model, k_init, train_ds.x[:1], tx)
+    augment = common.build_augment(s, s.dataset.name, num_classes=train_ds.num_classes)
+    state, summary = common.fit_phase(
+        s,
         state,
-        step_fn,
-        train_ds,
+        common.classification_step(s, augment=augment),
+        common.train_batches(train_ds, batch_size=s.train.batch_size, seed=s.seed),
         workdir=workdir,
         phase="train",
-        steps=steps,
+        steps=s.train.steps,
         key=k_train,
         progress=progress,
     )
-    metrics = common.evaluate(config, state, test_ds)
-    if common.get(config, "train.ema_decay", 0.0):
+    metrics = common.evaluate(s, state.apply_fn, state.variables(), test_ds)
+    if s.train.ema_decay:
         raw = metrics
-        metrics = common.evaluate(
-            config, state.replace(params=optim.ema_params(state.opt_state)), test_ds
-        )
+        ema = state.variables(optim.ema_params(state.opt_state))
+        metrics = common.evaluate(s, state.apply_fn, ema, test_ds)
         metrics["test_accuracy_no_ema"] = raw["test_accuracy"]
     row = {
         "name": "dense",
@@ -63,9 +54,4 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
         "nonfinite_updates": summary.get("nonfinite_updates", 0),
         "wall_s": timer(),
     }
-    return {
-        "experiment": "train",
-        "dataset": name,
-        "model": common.get(config, "model.name"),
-        "rows": [row],
-    }
+    return common.report(s, [row])

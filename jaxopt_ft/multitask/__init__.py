@@ -2,16 +2,16 @@
 
 Pieces, each usable on its own:
 
-- `tasks`: `Task` declarations (`make_tasks`), the built-in tasks of the digit datasets
-  (`derive_targets`: ``digit``, ``parity``, ``large``, and ``slope``/``ink`` regression).
+- `tasks`: `Task` declarations (`make_tasks`), per-task losses and metrics.
 - `model`: `MultiTaskModel` (any `jaxopt_ft.models` trunk plus a Dense head per task; params
   ``{"trunk": …, "heads": {task: …}}``).
 - `weighting`: pure functions over ``{task: loss}``: `equal_weights`, `static_weights`,
   `uncertainty_loss`, `dwa_weights`, `gradnorm_update`.
 - `gradients`: `per_task_grads` (all tasks in one `jax.jacrev` pass), `pcgrad`,
   `cosine_similarity`.
-- `step`: `Method`, `init_state`, `make_train_step` (equal, static, uncertainty, DWA, GradNorm,
-  PCGrad, alternating tasks; data-parallel with ``axis_name``).
+- `methods`: `Method`, one combiner per method (`WEIGHTINGS`: equal, static, uncertainty, DWA,
+  GradNorm, PCGrad, alternating tasks), `init_state` and `make_train_step`, a thin use of
+  `jaxopt_ft.train.make_train_step` (data-parallel with ``axis_name``).
 - `evaluation`: `evaluate` (per-task test metrics).
 
 Example::
@@ -19,9 +19,9 @@ Example::
     tasks = make_tasks({"digit": {"kind": "classification", "num_classes": 10},
                         "slope": {"kind": "regression"}})
     model = MultiTaskModel(models.get("cnn"), tasks)
-    method = Method(name="pcgrad")
-    state = init_state(model, method, key=key, sample_x=x[:1], tx=optax.adam(1e-2))
-    state, summary = train.fit(state, make_train_step(tasks, method), batches, steps=..., key=key)
+    state, method = init_state(model, Method(name="pcgrad"), key=key, sample_x=x[:1],
+                               tx=optax.adam(1e-2))
+    state, summary = loop.fit(state, make_train_step(tasks, method), batches, steps=..., key=key)
 """
 
 from jaxopt_ft.multitask.evaluation import evaluate as evaluate
@@ -31,24 +31,27 @@ from jaxopt_ft.multitask.gradients import cosine_similarity as cosine_similarity
 from jaxopt_ft.multitask.gradients import pcgrad as pcgrad
 from jaxopt_ft.multitask.gradients import pcgrad_project as pcgrad_project
 from jaxopt_ft.multitask.gradients import per_task_grads as per_task_grads
+from jaxopt_ft.multitask.methods import ALTERNATE as ALTERNATE
+from jaxopt_ft.multitask.methods import METHODS as METHODS
+from jaxopt_ft.multitask.methods import WEIGHTINGS as WEIGHTINGS
+from jaxopt_ft.multitask.methods import Method as Method
+from jaxopt_ft.multitask.methods import Weighting as Weighting
+from jaxopt_ft.multitask.methods import alternating_tx as alternating_tx
+from jaxopt_ft.multitask.methods import init_state as init_state
+from jaxopt_ft.multitask.methods import make_train_step as make_train_step
+from jaxopt_ft.multitask.methods import model_params as model_params
+from jaxopt_ft.multitask.methods import task_losses as task_losses
 from jaxopt_ft.multitask.model import MultiTaskModel as MultiTaskModel
 from jaxopt_ft.multitask.model import check_heads as check_heads
 from jaxopt_ft.multitask.model import last_shared_layer as last_shared_layer
-from jaxopt_ft.multitask.step import ALTERNATE as ALTERNATE
-from jaxopt_ft.multitask.step import METHODS as METHODS
-from jaxopt_ft.multitask.step import AlternatingTx as AlternatingTx
-from jaxopt_ft.multitask.step import Method as Method
-from jaxopt_ft.multitask.step import MultiTaskState as MultiTaskState
-from jaxopt_ft.multitask.step import init_state as init_state
-from jaxopt_ft.multitask.step import make_train_step as make_train_step
 from jaxopt_ft.multitask.tasks import KINDS as KINDS
 from jaxopt_ft.multitask.tasks import LOSSES as LOSSES
 from jaxopt_ft.multitask.tasks import Task as Task
-from jaxopt_ft.multitask.tasks import available_tasks as available_tasks
-from jaxopt_ft.multitask.tasks import derive_targets as derive_targets
 from jaxopt_ft.multitask.tasks import make_tasks as make_tasks
+from jaxopt_ft.multitask.weighting import UNCERTAINTY_FACTOR as UNCERTAINTY_FACTOR
 from jaxopt_ft.multitask.weighting import DwaState as DwaState
 from jaxopt_ft.multitask.weighting import GradNormState as GradNormState
+from jaxopt_ft.multitask.weighting import dwa_current as dwa_current
 from jaxopt_ft.multitask.weighting import dwa_weights as dwa_weights
 from jaxopt_ft.multitask.weighting import equal_weights as equal_weights
 from jaxopt_ft.multitask.weighting import gradnorm_update as gradnorm_update
@@ -57,7 +60,6 @@ from jaxopt_ft.multitask.weighting import uncertainty_loss as uncertainty_loss
 
 __all__ = [
     "ALTERNATE",
-    "AlternatingTx",
     "DwaState",
     "GradNormState",
     "KINDS",
@@ -65,14 +67,16 @@ __all__ = [
     "METHODS",
     "Method",
     "MultiTaskModel",
-    "MultiTaskState",
     "SimilarityState",
     "Task",
-    "available_tasks",
+    "UNCERTAINTY_FACTOR",
+    "WEIGHTINGS",
+    "Weighting",
+    "alternating_tx",
     "check_heads",
     "cosine_matrix",
     "cosine_similarity",
-    "derive_targets",
+    "dwa_current",
     "dwa_weights",
     "equal_weights",
     "evaluate",
@@ -81,9 +85,11 @@ __all__ = [
     "last_shared_layer",
     "make_tasks",
     "make_train_step",
+    "model_params",
     "pcgrad",
     "pcgrad_project",
     "per_task_grads",
     "static_weights",
+    "task_losses",
     "uncertainty_loss",
 ]

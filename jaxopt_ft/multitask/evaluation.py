@@ -8,13 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxopt_ft import train
 from jaxopt_ft.multitask.model import check_heads
-from jaxopt_ft.multitask.step import MultiTaskState
 from jaxopt_ft.multitask.tasks import Task, check_targets, task_score
 
 
 def evaluate(
-    state: MultiTaskState,
+    state: train.TrainState,
     tasks: tuple[Task, ...],
     x: np.ndarray,
     targets: Mapping[str, np.ndarray],

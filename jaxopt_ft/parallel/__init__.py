@@ -5,13 +5,14 @@ metrics)`` without changing it::
 
   strategy = parallel.make("sharding")       # or "pmap", "none"; fsdp=True to shard params
   state = strategy.prepare(state)            # replicate (or shard) on the devices
+  train_step = train.make_train_step(axis_name=strategy.axis_name)
   step = strategy.step(train_step)           # compiled, state donated
   for k in range(steps):
       state, metrics = step(state, batch_at(k), key)   # the global batch, host arrays
   ckpt.save(steps, strategy.unwrap(state).tree())      # checkpoint layout
   plain = parallel.local(strategy.unwrap(state))        # one-device copy for evaluation
 
-``train.fit(state, step_fn, batches, ..., strategy=strategy)`` does all of this (restore into
+``loop.fit(state, step_fn, batches, ..., strategy=strategy)`` does all of this (restore into
 the strategy's layout, checkpoints in the plain layout, a single-device state back), and the
 experiments build their strategy from ``config.parallel`` (``experiments.common.strategy``).
 
@@ -20,21 +21,15 @@ What a step function must do, per mode:
 - ``none`` / ``sharding``: nothing. Under ``sharding`` the loss's mean over the (global) batch
   is partitioned by XLA into per-device partial sums and an all-reduce, BatchNorm sees the
   global batch, and the result equals the single-device step up to float reassociation.
-- ``pmap``: the step runs per device on ``B / n`` examples, with ``axis_name="data"`` bound.
-  The strategy already (1) wraps ``state.tx`` in ``prepare`` so ``tx.update`` first averages
-  the incoming gradients with ``lax.pmean`` (``opt_state`` keeps its layout; ``unwrap`` puts
-  the original ``tx`` back), (2) averages ``state.batch_stats`` and (3) the metrics over
-  devices after the step. So a step that computes the mean loss of its batch, takes its
-  gradient and calls ``state.tx.update`` is correct unchanged. What it must still do itself:
-  anything *non-linear in the gradients before* ``tx.update`` (PCGrad projections, GradNorm
-  weights, a skip-if-non-finite guard on the gradients) needs the global gradients first:
-  ``grads = parallel.all_mean(grads, axis_name)``; per-batch statistics used in the forward
-  pass (BatchNorm's normalisation, dynamic activation ranges of fake quantization) are
-  per-device unless they reduce over ``axis_name`` themselves (``nn.BatchNorm(axis_name=...)``,
-  ``lax.pmin``/``lax.pmax`` of the range). A step that does ``lax.pmean`` of its gradients
-  itself (classic pmap code) is also correct: the second average changes nothing. A state
-  whose ``tx`` is not an ``optax.GradientTransformation`` (a pair of optimizers) is left as
-  it is: its step must average its own gradients (``multitask.make_train_step(axis_name=...)``).
+- ``pmap``: the step runs per device on ``B / n`` examples, with ``axis_name="data"`` bound,
+  and must average what the replicas have to agree on itself, as classic pmap code does:
+  gradients with ``lax.pmean`` before ``tx.update`` (and before anything non-linear in them:
+  PCGrad projections, GradNorm weights, the non-finite guard), BatchNorm statistics after the
+  forward pass. `train.make_train_step(axis_name=strategy.axis_name)` does all of this; the
+  strategy averages the metrics. Per-batch statistics used in the forward pass (BatchNorm's
+  normalisation, dynamic activation ranges of fake quantization) are per-device unless they
+  reduce over ``axis_name`` themselves (``nn.BatchNorm(axis_name=...)``,
+  ``lax.pmin``/``lax.pmax`` of the range).
 
 Multi-process: call :func:`initialize` first (from arguments or ``$JAXOPT_FT_COORDINATOR``,
 ``$JAXOPT_FT_NUM_PROCESSES``, ``$JAXOPT_FT_PROCESS_ID``); every process then runs the same

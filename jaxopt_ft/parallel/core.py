@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import numpy as np
@@ -17,35 +17,49 @@ MODES = ("none", "sharding", "pmap")
 AXIS = "data"
 
 
-class Strategy(NamedTuple):
-    """How a train step runs on devices; every field but the first four is a function.
+class Strategy:
+    """How a train step runs on devices: one subclass per mode, built by :func:`make`.
 
     Attributes:
       mode: One of :data:`MODES`.
       n_devices: Devices taking part (over all processes); the global batch divides by it.
       axis_name: ``"data"`` under ``pmap`` (for collectives inside a step), else None.
       mesh: The 1-D ``Mesh`` with axis ``"data"`` (None for mode ``none``).
-      prepare: ``state -> device_state``: places a plain state (host, one device or another
-        layout) on the devices; idempotent.
-      step: ``train_step -> compiled``; ``compiled(device_state, batch, *args)`` takes the
-        *global* batch (host arrays; each process slices its own rows), replicates ``args``
-        (keys) and returns ``(device_state, metrics)`` with metrics as scalars.
-      unwrap: ``device_state -> state`` in the checkpoint layout: no replica axis, the original
-        optimizer; arrays may still span several devices (orbax saves those collectively).
-      shard_batch: ``(batch, *, local=False) -> placed batch``; ``local=True`` when the batch
-        holds only this process's rows (:func:`~jaxopt_ft.parallel.process_slice`).
       fsdp: Whether params and optimizer state are sharded (mode ``sharding`` only).
     """
 
-    mode: str
-    n_devices: int
-    axis_name: str | None
-    mesh: Mesh | None
-    prepare: Callable[[PyTree], PyTree]
-    step: Callable[[StepFn], StepFn]
-    unwrap: Callable[[PyTree], PyTree]
-    shard_batch: Callable[..., PyTree]
-    fsdp: bool = False
+    mode: str = ""
+    axis_name: str | None = None
+
+    def __init__(self, devices: list[Any], *, fsdp: bool = False):
+        self.devices = devices
+        self.n_devices = len(devices)
+        self.mesh = Mesh(np.array(devices), (AXIS,)) if self.mode != "none" else None
+        self.fsdp = fsdp
+
+    def __repr__(self) -> str:
+        return f"Strategy(mode={self.mode!r}, n_devices={self.n_devices}, fsdp={self.fsdp})"
+
+    def prepare(self, state: PyTree) -> PyTree:
+        """Places a plain state (host, one device or another layout) on the devices; idempotent."""
+        raise NotImplementedError
+
+    def step(self, fn: StepFn) -> StepFn:
+        """Compiles ``fn``; ``compiled(device_state, batch, *args)`` takes the *global* batch
+        (host arrays; each process slices its own rows), replicates ``args`` (keys) and returns
+        ``(device_state, metrics)`` with metrics as scalars."""
+        raise NotImplementedError
+
+    def unwrap(self, state: PyTree) -> PyTree:
+        """The checkpoint layout of a device state: no replica axis; arrays may still span
+        several devices (orbax saves those collectively)."""
+        return state
+
+    def shard_batch(self, batch: PyTree, *, local: bool = False) -> PyTree:
+        """Places a batch; ``local=True`` when it holds only this process's rows
+        (:func:`~jaxopt_ft.parallel.process_slice`)."""
+        del local
+        return batch
 
 
 def all_mean(tree: PyTree, axis_name: str | None) -> PyTree:

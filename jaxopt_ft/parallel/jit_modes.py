@@ -6,7 +6,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxopt_ft.parallel import distributed
 from jaxopt_ft.parallel.core import (
@@ -24,81 +24,76 @@ from jaxopt_ft.parallel.core import (
 from jaxopt_ft.parallel.fsdp import fsdp_shardings, replicated_shardings
 
 
-def none_strategy() -> Strategy:
+class NoneStrategy(Strategy):
     """One device: ``jax.jit`` with the state donated; the state lives on the default device.
 
     ``prepare`` moves every leaf there (host arrays too, so a checkpoint restored into the
     prepared state never falls back to the device layout of the run that saved it).
     """
-    device = jax.devices()[0]
 
-    def step(fn: StepFn) -> StepFn:
+    mode = "none"
+
+    def prepare(self, state: PyTree) -> PyTree:
+        return jax.device_put(state, self.devices[0])
+
+    def step(self, fn: StepFn) -> StepFn:
         return jax.jit(fn, donate_argnums=0)
 
-    def shard_batch(batch: PyTree, *, local: bool = False) -> PyTree:
-        del local
-        return batch
 
-    def prepare(state: PyTree) -> PyTree:
-        return jax.device_put(state, device)
+class ShardingStrategy(Strategy):
+    """``jax.jit`` over ``Mesh(devices, ("data",))``: batch split, state replicated or FSDP.
 
-    def identity(tree: PyTree) -> PyTree:
-        return tree
+    The batch mean in the loss becomes a cross-device all-reduce that XLA inserts; the step
+    function is unchanged.
+    """
 
-    return Strategy("none", 1, None, None, prepare, step, identity, shard_batch)
+    mode = "sharding"
 
+    def __init__(self, devices: list[Any], *, fsdp: bool = False):
+        super().__init__(devices, fsdp=fsdp)
+        self._batch = NamedSharding(self.mesh, PartitionSpec(AXIS))
+        self._replicated = NamedSharding(self.mesh, PartitionSpec())
 
-def sharding_strategy(devices: list[Any], fsdp: bool) -> Strategy:
-    """``jax.jit`` over ``Mesh(devices, ("data",))``: batch split, state replicated or FSDP."""
-    mesh = Mesh(np.array(devices), (AXIS,))
-    batch_sharding = NamedSharding(mesh, PartitionSpec(AXIS))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    n = len(devices)
+    def _shardings(self, tree: PyTree) -> PyTree:
+        if self.fsdp:
+            return fsdp_shardings(tree, self.mesh)
+        return replicated_shardings(tree, self.mesh)
 
-    def shardings(tree: PyTree) -> PyTree:
-        return fsdp_shardings(tree, mesh) if fsdp else replicated_shardings(tree, mesh)
+    def prepare(self, state: PyTree) -> PyTree:
+        return place_tree(state, self._shardings(state))
 
-    def prepare(state: PyTree) -> PyTree:
-        return place_tree(state, shardings(state))
-
-    def shard_batch(batch: PyTree, *, local: bool = False) -> PyTree:
-        leaves = jax.tree.leaves(batch)
-        if all(is_placed(x, batch_sharding) for x in leaves):
+    def shard_batch(self, batch: PyTree, *, local: bool = False) -> PyTree:
+        if all(is_placed(x, self._batch) for x in jax.tree.leaves(batch)):
             return batch
         rows = batch_size(batch)
         global_rows = rows * jax.process_count() if local else rows
-        check_batch(global_rows, strategy)
+        check_batch(global_rows, self)
         if jax.process_count() == 1:
-            return jax.device_put(batch, batch_sharding)
+            return jax.device_put(batch, self._batch)
         part = batch if local else distributed.process_batch(batch)
         return jax.tree.map(
             lambda x: jax.make_array_from_process_local_data(
-                batch_sharding, np.asarray(x), (global_rows, *np.shape(x)[1:])
+                self._batch, np.asarray(x), (global_rows, *np.shape(x)[1:])
             ),
             part,
         )
 
-    def step(fn: StepFn) -> StepFn:
+    def step(self, fn: StepFn) -> StepFn:
         compiled: dict[Any, StepFn] = {}
-        replicate = replicator(mesh)
+        replicate = replicator(self.mesh)
 
         def run(state, batch, *args):
             treedef = jax.tree.structure(state)
             if treedef not in compiled:
-                target = shardings(state)
+                target = self._shardings(state)
                 if not all(jax.tree.leaves(jax.tree.map(is_placed, state, target))):
                     raise ValueError(
                         "The state is not on the mesh of parallel mode 'sharding'. Fix: "
                         "state = strategy.prepare(state) before the first step."
                     )
                 compiled[treedef] = jax.jit(
-                    fn, donate_argnums=0, out_shardings=(target, replicated)
+                    fn, donate_argnums=0, out_shardings=(target, self._replicated)
                 )
-            return compiled[treedef](state, shard_batch(batch), *replicate(args))
+            return compiled[treedef](state, self.shard_batch(batch), *replicate(args))
 
-        return bounded(run, devices)
-
-    strategy = Strategy(
-        "sharding", n, None, mesh, prepare, step, lambda s: s, shard_batch, fsdp=fsdp
-    )
-    return strategy
+        return bounded(run, self.devices)

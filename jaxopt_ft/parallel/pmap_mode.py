@@ -7,8 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxopt_ft.parallel import distributed
 from jaxopt_ft.parallel.core import (
@@ -16,7 +15,6 @@ from jaxopt_ft.parallel.core import (
     PyTree,
     StepFn,
     Strategy,
-    all_mean,
     batch_size,
     bounded,
     check_batch,
@@ -25,39 +23,31 @@ from jaxopt_ft.parallel.core import (
 )
 
 
-def _replica_mean_tx(tx: optax.GradientTransformation) -> optax.GradientTransformation:
-    """``tx`` that first averages the incoming gradients over the pmap axis."""
-    inner = optax.with_extra_args_support(tx)
-
-    def update(updates, state, params=None, **extra_args):
-        updates = jax.lax.pmean(updates, AXIS)
-        return inner.update(updates, state, params, **extra_args)
-
-    update.replica_mean_inner = tx  # read back by unwrap
-    return optax.GradientTransformationExtraArgs(inner.init, update)
+def _metric_mean(m: jax.Array) -> jax.Array:
+    inexact = jnp.issubdtype(m.dtype, jnp.inexact)
+    return jax.lax.pmean(m if inexact else m.astype(jnp.float32), AXIS)
 
 
-def _swap_tx(state: PyTree, averaged: bool) -> PyTree:
-    tx = getattr(state, "tx", None)
-    if not isinstance(tx, optax.GradientTransformation) or not hasattr(state, "replace"):
-        return state  # e.g. a pair of optimizers: such a step must average its own gradients
-    inner = getattr(tx.update, "replica_mean_inner", None)
-    if averaged and inner is None:
-        return state.replace(tx=_replica_mean_tx(tx))
-    if not averaged and inner is not None:
-        return state.replace(tx=inner)
-    return state
+class PmapStrategy(Strategy):
+    """``jax.pmap`` over the devices with ``axis_name="data"``, the classic layout.
 
+    The state carries a leading replica axis, each device runs the step on ``B / n`` examples,
+    and the step averages what must agree across replicas itself: `train.make_train_step(
+    axis_name=strategy.axis_name)` averages gradients (before ``tx.update``) and BatchNorm
+    statistics with ``lax.pmean``. The strategy averages the metrics after the step.
+    ``prepare`` stacks the state, ``unwrap`` takes replica 0.
+    """
 
-def pmap_strategy(devices: list[Any]) -> Strategy:
-    """``jax.pmap`` over ``devices``; prepare stacks the state, unwrap takes replica 0."""
-    mesh = Mesh(np.array(devices), (AXIS,))
-    stacked = NamedSharding(mesh, PartitionSpec(AXIS))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    n = len(devices)
-    mine = [d for d in devices if d.process_index == jax.process_index()]
+    mode = "pmap"
+    axis_name = AXIS
 
-    def is_stacked(x: Any) -> bool:
+    def __init__(self, devices: list[Any]):
+        super().__init__(devices)
+        self._stacked = NamedSharding(self.mesh, PartitionSpec(AXIS))
+        self._replicated = NamedSharding(self.mesh, PartitionSpec())
+        self._mine = [d for d in devices if d.process_index == jax.process_index()]
+
+    def _is_stacked(self, x: Any) -> bool:
         # pmap's outputs are global (n, ...) arrays in one process, but host-local
         # (local devices, ...) arrays over this process's devices in a multi-process run.
         return (
@@ -65,76 +55,67 @@ def pmap_strategy(devices: list[Any]) -> Strategy:
             and isinstance(x.sharding, NamedSharding)
             and len(x.sharding.spec) >= 1
             and x.sharding.spec[0] == AXIS
-            and x.shape[0] in (n, len(mine))
+            and x.shape[0] in (self.n_devices, len(self._mine))
         )
 
-    def stack(x: Any) -> jax.Array:
-        if is_stacked(x):
+    def _stack(self, x: Any) -> jax.Array:
+        if self._is_stacked(x):
             return x
         copies = {}
         if isinstance(x, jax.Array) and x.is_fully_replicated:
             copies = {s.device: s.data for s in x.addressable_shards}
         host = None
         arrays = []
-        for d in mine:
+        for d in self._mine:
             if d in copies:
                 arrays.append(copies[d][None])
             else:
                 if host is None:
                     host = np.asarray(jax.device_get(local(x)))
                 arrays.append(jax.device_put(host[None], d))
-        return jax.make_array_from_single_device_arrays((n, *np.shape(x)), stacked, arrays)
+        shape = (self.n_devices, *np.shape(x))
+        return jax.make_array_from_single_device_arrays(shape, self._stacked, arrays)
 
-    def prepare(state: PyTree) -> PyTree:
-        return jax.tree.map(stack, _swap_tx(state, averaged=True))
-
-    def unstack(x: Any) -> Any:
-        if not is_stacked(x):
+    def _unstack(self, x: Any) -> Any:
+        if not self._is_stacked(x):
             return x  # already unwrapped
         replicas = [s.data[0] for s in x.addressable_shards]
-        return jax.make_array_from_single_device_arrays(x.shape[1:], replicated, replicas)
+        return jax.make_array_from_single_device_arrays(x.shape[1:], self._replicated, replicas)
 
-    def unwrap(state: PyTree) -> PyTree:
-        return jax.tree.map(unstack, _swap_tx(state, averaged=False))
+    def prepare(self, state: PyTree) -> PyTree:
+        return jax.tree.map(self._stack, state)
 
-    def shard_batch(batch: PyTree, *, local: bool = False) -> PyTree:
-        leaves = jax.tree.leaves(batch)
-        if all(is_stacked(x) for x in leaves):
+    def unwrap(self, state: PyTree) -> PyTree:
+        return jax.tree.map(self._unstack, state)
+
+    def shard_batch(self, batch: PyTree, *, local: bool = False) -> PyTree:
+        if all(self._is_stacked(x) for x in jax.tree.leaves(batch)):
             return batch
         rows = batch_size(batch)
         global_rows = rows * jax.process_count() if local else rows
-        check_batch(global_rows, strategy)
+        check_batch(global_rows, self)
         part = batch if local else distributed.process_batch(batch)
-        per = global_rows // n
+        per = global_rows // self.n_devices
 
         def put(x):
-            x = np.asarray(x)
-            x = x.reshape(len(mine), per, *x.shape[1:])
-            return jax.make_array_from_process_local_data(stacked, x, (n, *x.shape[1:]))
+            x = np.asarray(x).reshape(len(self._mine), per, *np.shape(x)[1:])
+            return jax.make_array_from_process_local_data(
+                self._stacked, x, (self.n_devices, *x.shape[1:])
+            )
 
         return jax.tree.map(put, part)
 
-    def per_device_post(state: PyTree, metrics: PyTree) -> tuple[PyTree, PyTree]:
-        if getattr(state, "batch_stats", None):
-            state = state.replace(batch_stats=all_mean(state.batch_stats, AXIS))
-
-        def mean(m):
-            inexact = jnp.issubdtype(m.dtype, jnp.inexact)
-            return jax.lax.pmean(m if inexact else m.astype(jnp.float32), AXIS)
-
-        metrics = jax.tree.map(mean, metrics)
-        return state, metrics
-
-    def step(fn: StepFn) -> StepFn:
+    def step(self, fn: StepFn) -> StepFn:
         compiled: dict[int, StepFn] = {}
-        replicate = replicator(mesh)
+        replicate = replicator(self.mesh)
 
         def per_device(state, batch, *args):
-            return per_device_post(*fn(state, batch, *args))
+            state, metrics = fn(state, batch, *args)
+            return state, jax.tree.map(_metric_mean, metrics)
 
         def run(state, batch, *args):
             if len(args) not in compiled:
-                if not all(is_stacked(x) for x in jax.tree.leaves(state)):
+                if not all(self._is_stacked(x) for x in jax.tree.leaves(state)):
                     raise ValueError(
                         "The state has no replica axis for parallel mode 'pmap'. Fix: "
                         "state = strategy.prepare(state) before the first step."
@@ -145,11 +126,8 @@ def pmap_strategy(devices: list[Any]) -> Strategy:
                     in_axes=(0, 0) + (None,) * len(args),
                     out_axes=(0, None),
                     donate_argnums=0,
-                    devices=devices,
+                    devices=self.devices,
                 )
-            return compiled[len(args)](state, shard_batch(batch), *replicate(args))
+            return compiled[len(args)](state, self.shard_batch(batch), *replicate(args))
 
-        return bounded(run, devices)
-
-    strategy = Strategy("pmap", n, AXIS, mesh, prepare, step, unwrap, shard_batch)
-    return strategy
+        return bounded(run, self.devices)

@@ -1,13 +1,13 @@
-"""Data-parallel strategies: one NamedTuple of functions per mode, built by :func:`make`.
+"""Data-parallel strategies: one small class per mode, built by :func:`make`.
 
 - ``none``: ``jax.jit`` with the state donated, one device.
 - ``sharding``: ``jax.jit`` over ``Mesh(devices, ("data",))`` (Auto axes): the batch is split
   along the data axis, the state replicated (or FSDP-sharded), and XLA partitions the step. The
   batch mean in the loss becomes a cross-device all-reduce; the step function is unchanged.
 - ``pmap``: ``jax.pmap`` with ``axis_name="data"``, the classic layout: the state carries a
-  leading replica axis, each device runs the step on its slice of the batch, and gradients are
-  averaged with ``lax.pmean`` inside the compiled step, by the wrapped optimizer (see the
-  package docstring for what a step function still does itself).
+  leading replica axis, each device runs the step on its slice of the batch, and the step
+  averages its gradients with ``lax.pmean`` (`train.make_train_step(axis_name=...)` does; see
+  the package docstring).
 
 No mode uses ``jax.shard_map`` directly. Had it, note that under ``shard_map`` the gradient of a
 *replicated* (unmapped) parameter arrives already summed over devices, so a further ``pmean``
@@ -17,13 +17,15 @@ would not be needed and a ``psum`` would count it T times; under ``pmap`` the st
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 
-from jaxopt_ft.parallel import jit_modes, pmap_mode
 from jaxopt_ft.parallel.core import MODES, Strategy
+from jaxopt_ft.parallel.jit_modes import NoneStrategy, ShardingStrategy
+from jaxopt_ft.parallel.pmap_mode import PmapStrategy
 
 
 def _select_devices(devices: int | Sequence[Any] | None, mode: str) -> list[Any]:
@@ -69,7 +71,8 @@ def make(mode: str, *, devices: int | Sequence[Any] | None = None, fsdp: bool = 
       fsdp: Shard params and optimizer state along the data axis (mode ``sharding`` only).
 
     Returns:
-      The strategy.
+      The strategy. The same arguments give the same object, so repeated fits share compiled
+      steps.
 
     Raises:
       ValueError: an unknown mode, more devices than exist, ``fsdp`` outside mode
@@ -82,6 +85,17 @@ def make(mode: str, *, devices: int | Sequence[Any] | None = None, fsdp: bool = 
       >>> state, metrics = step(state, batch, key)          # the global batch
       >>> plain = parallel.local(strategy.unwrap(state))   # for evaluation
     """
+    if isinstance(mode, str) and isinstance(devices, int | None) and isinstance(fsdp, bool):
+        return _make(mode, devices, fsdp)
+    return _build(mode, devices, fsdp)
+
+
+@functools.cache
+def _make(mode: str, devices: int | None, fsdp: bool) -> Strategy:
+    return _build(mode, devices, fsdp)
+
+
+def _build(mode: str, devices: int | Sequence[Any] | None, fsdp: bool) -> Strategy:
     if mode not in MODES:
         raise ValueError(
             f"Unknown parallel mode {mode!r}; accepted: {', '.join(MODES)}. "
@@ -100,8 +114,8 @@ def make(mode: str, *, devices: int | Sequence[Any] | None = None, fsdp: bool = 
                 f"Parallel mode 'none' in a run of {jax.process_count()} processes would "
                 f"train {jax.process_count()} separate models. Fix: use 'sharding' or 'pmap'."
             )
-        return jit_modes.none_strategy()
+        return NoneStrategy([jax.devices()[0]])
     chosen = _select_devices(devices, mode)
     if mode == "sharding":
-        return jit_modes.sharding_strategy(chosen, fsdp)
-    return pmap_mode.pmap_strategy(chosen)
+        return ShardingStrategy(chosen, fsdp=fsdp)
+    return PmapStrategy(chosen)
