@@ -18,8 +18,8 @@ demo: $(STAMP)
 	$(VENV)/bin/jaxopt-ft --config=configs/mnist1d_compress.py --workdir=runs/demo --noprogress
 	cat runs/demo/report.md
 
-test: $(STAMP)
-	$(PY) -m pytest
+test: $(STAMP)  # two workers, one test file each at a time (files share compiled fixtures)
+	$(PY) -m pytest -n 2 --dist loadfile
 
 bench: $(STAMP)
 	scripts/benchmarks.sh

@@ -3,7 +3,6 @@
 import json
 import os
 
-import pytest
 from helpers import cli, one_error_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,36 +41,7 @@ def test_train_writes_everything(tmp_path):
     assert again["test_accuracy"] == row["test_accuracy"]
 
 
-def test_unknown_optimizer_is_one_line_exit_2(tmp_path):
-    r = cli(f"--config={CNN}", f"--workdir={tmp_path / 'w'}", "--config.optimizer.name=nonsense")
-    line = one_error_line(r)
-    assert "nonsense" in line and "adamw" in line and "sgd" in line
-    assert not (tmp_path / "w").exists()  # validated before any work
-
-
-@pytest.mark.parametrize(
-    "override, fragment",
-    [
-        ("--config.schedule.name=fast", "schedule.name"),
-        ("--config.model.name=gpt", "model.name"),
-        ("--config.train.steps=0", "train.steps"),
-        ("--config.train.batch_size=100000", "batch_size"),
-        ("--config.optimizer.learning_rate=-1.0", "learning_rate"),
-        ("--config.dataset.name=no_such_dataset", "no_such_dataset"),
-        ("--config.experiment=nope", "nope"),
-        ("--config.model.depth=3", "depth"),
-        ("--config.no_such_key=1", "no_such_key"),
-        ("--config.train.steps=many", "many"),
-    ],
-)
-def test_bad_config_values(tmp_path, override, fragment):
-    line = one_error_line(cli(f"--config={CNN}", f"--workdir={tmp_path / 'w'}", override))
-    assert fragment in line
-
-
-def test_missing_config_file(tmp_path):
-    line = one_error_line(cli("--config=configs/nope.py", f"--workdir={tmp_path}"))
-    assert "nope.py" in line
+# Bad values, unknown names and keys, a missing config file: tests/test_bad_inputs.py.
 
 
 def test_workdir_of_another_config_is_refused(tmp_path):

@@ -116,8 +116,6 @@ def test_sparsity_sweep_end_to_end(tmp_path):
 @pytest.mark.parametrize(
     "override, fragment",
     [
-        ("--config.prune.sparsity=1.0", "prune.sparsity=1.0 must be a number in [0, 1)"),
-        ("--config.prune.scope=channel", "prune.scope='channel' is not accepted"),
         ("--config.prune.rules=(('dense9/kernel', True),)", "matching no parameter: ['dense9"),
     ],
 )
@@ -138,6 +136,8 @@ def load_config(path, **overrides):
     "kind, overrides, fragment",
     [
         ("compress", {"prune__sparsity": -0.1}, "prune.sparsity=-0.1"),
+        ("compress", {"prune__sparsity": 1.0}, "prune.sparsity=1.0 must be a number in [0, 1)"),
+        ("compress", {"prune__scope": "channel"}, "prune.scope='channel' is not accepted"),
         ("compress", {"prune__scorer": "taylor"}, "prune.scorer='taylor'"),
         ("compress", {"prune__distribution": "erk"}, "scope='global'"),
         ("compress", {"prune__begin_fraction": 0.8}, "prune.begin_fraction=0.8"),

@@ -8,9 +8,9 @@ from helpers import cli, config_path, load_config, one_error_line
 from jaxopt_ft import experiments
 
 SHORT = [
-    "--config.train.steps=200",
-    "--config.checkpoint.every_steps=100",
-    "--config.train.log_every=100",
+    "--config.train.steps=60",
+    "--config.checkpoint.every_steps=30",
+    "--config.train.log_every=30",
     "--noprogress",
 ]
 
@@ -29,7 +29,7 @@ def test_cnn_config_gives_the_same_test_loss_under_every_mode(tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
         rows[mode] = json.loads((wd / "report.json").read_text())["rows"][0]
     ref = rows["none"]
-    assert ref["test_accuracy"] > 0.5  # 200 steps train the CNN well past chance
+    assert ref["test_accuracy"] > 0.3  # 60 steps train the CNN well past chance (0.1)
     for mode in ("sharding", "pmap"):
         assert rows[mode]["test_loss"] == pytest.approx(ref["test_loss"], rel=1e-4), mode
         assert rows[mode]["final_train_loss"] == pytest.approx(ref["final_train_loss"], rel=1e-4)
@@ -87,13 +87,13 @@ def test_bad_parallel_settings_are_rejected(name, overrides, expected):
 SMALL = {
     "mnist1d_compress": {
         "model.channels": (16, 16, 16),
-        "train.steps": 60,
-        "prune.steps": 40,
-        "prune.frequency": 10,
-        "prune.structured_steps": 10,
+        "train.steps": 40,
+        "prune.steps": 20,
+        "prune.frequency": 5,
+        "prune.structured_steps": 5,
         "prune.structured_rules": (("conv1", 0.25), ("conv[23]", 0.5)),
         "eval.timing_repeats": 1,
-        "quant.qat_steps": 10,
+        "quant.qat_steps": 5,
         "quant.calibration_batches": 1,
     },
     "mnist1d_multitask": {
@@ -101,7 +101,9 @@ SMALL = {
         "model.channels": (8,),
         "multitask.dwa_window": 2,
         "multitask.similarity_every": 2,
-        "multitask.rows": ("equal", "pcgrad", "gradnorm"),
+        # equal measures the similarity in an extra pass, gradnorm from its own per-task
+        # gradients; PCGrad under pmap is in tests/test_parallel_fit.py.
+        "multitask.rows": ("equal", "gradnorm"),
     },
     "mnist1d_transfer": {
         "model.channels": (8, 8, 8),
@@ -111,6 +113,8 @@ SMALL = {
         "transfer.per_class": 4,
         "transfer.batch_size": 8,
         "transfer.lora_rank": 2,
+        # full and scratch train like partial (a trainable mask); features has no train step.
+        "transfer.modes": ("partial", "lora", "features"),
     },
 }
 TIMING = ("wall", "per_s", "_ms", "_s", "speedup", "latency", "time")

@@ -213,19 +213,3 @@ def test_bits_sweep_end_to_end(tmp_path):
         assert (wd / "checkpoints" / f"qat@{b}").is_dir()
     assert report["plots"] == ["bits_accuracy.png"]
     assert (wd / "bits_accuracy.png").read_bytes()[:4] == b"\x89PNG"
-
-
-@pytest.mark.parametrize(
-    "override, fragment",
-    [
-        ("--config.quant.observer=mean", "quant.observer='mean'"),
-        ("--config.sweep.bits=(2, 17)", "sweep.bits[1]=17"),
-    ],
-)
-def test_bad_quant_config_is_one_line_exit_2(tmp_path, override, fragment):
-    r = cli(f"--config={SWEEP}", f"--workdir={tmp_path / 'w'}", override)
-    assert r.returncode == 2, r.stderr[-2000:]
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("jaxopt-ft: error:"), r.stderr[-2000:]
-    assert fragment in lines[0], lines[0]
-    assert not (tmp_path / "w").exists()  # validated before any work

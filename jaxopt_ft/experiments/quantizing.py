@@ -1,6 +1,6 @@
 """Quantized models from already-trained states: the quantization rows of ``compress``.
 
-The ``quant`` settings (`jaxopt_ft.experiments.settings.Quant`):
+The ``quant`` settings (`jaxopt_ft.experiments.sections.Quant`):
 
 - ``bits``: weight width of ``int8_ptq`` / ``int8_weights``, and the activation width of
   every row that quantizes activations;

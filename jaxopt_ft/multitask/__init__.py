@@ -36,11 +36,6 @@ from jaxopt_ft.multitask.methods import METHODS as METHODS
 from jaxopt_ft.multitask.methods import WEIGHTINGS as WEIGHTINGS
 from jaxopt_ft.multitask.methods import Method as Method
 from jaxopt_ft.multitask.methods import Weighting as Weighting
-from jaxopt_ft.multitask.methods import alternating_tx as alternating_tx
-from jaxopt_ft.multitask.methods import init_state as init_state
-from jaxopt_ft.multitask.methods import make_train_step as make_train_step
-from jaxopt_ft.multitask.methods import model_params as model_params
-from jaxopt_ft.multitask.methods import task_losses as task_losses
 from jaxopt_ft.multitask.model import MultiTaskModel as MultiTaskModel
 from jaxopt_ft.multitask.model import check_heads as check_heads
 from jaxopt_ft.multitask.model import last_shared_layer as last_shared_layer
@@ -48,6 +43,11 @@ from jaxopt_ft.multitask.tasks import KINDS as KINDS
 from jaxopt_ft.multitask.tasks import LOSSES as LOSSES
 from jaxopt_ft.multitask.tasks import Task as Task
 from jaxopt_ft.multitask.tasks import make_tasks as make_tasks
+from jaxopt_ft.multitask.training import alternating_tx as alternating_tx
+from jaxopt_ft.multitask.training import init_state as init_state
+from jaxopt_ft.multitask.training import make_train_step as make_train_step
+from jaxopt_ft.multitask.training import model_params as model_params
+from jaxopt_ft.multitask.training import task_losses as task_losses
 from jaxopt_ft.multitask.weighting import UNCERTAINTY_FACTOR as UNCERTAINTY_FACTOR
 from jaxopt_ft.multitask.weighting import DwaState as DwaState
 from jaxopt_ft.multitask.weighting import GradNormState as GradNormState

@@ -1,0 +1,271 @@
+"""The settings sections of particular experiments: pruning, quantization, sweeps, transfer and
+multi-task learning (the sections every experiment shares are in
+`jaxopt_ft.experiments.settings`). Loads without jax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+
+from jaxopt_ft.experiments import fields as f
+from jaxopt_ft.experiments.fields import setting
+
+_OPTIMIZERS = f.lazy("jaxopt_ft.optim", "OPTIMIZERS")
+_SCHEDULES = f.lazy("jaxopt_ft.optim", "SCHEDULES")
+_POSITIVE = f.number(0.0, low_open=True)
+_RATE = f.number(0.0, 100.0, low_open=True)
+_FRACTION = f.number(0.0, 1.0)
+_SPARSITY = f.library("jaxopt_ft.prune", "check_sparsity")
+_BITS = f.library("jaxopt_ft.quant", "check_bits")
+
+
+# --- pruning and quantization ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PruneSchedule:
+    """Gradual pruning with fine-tuning from a dense model (Zhu & Gupta's cubic ramp)."""
+
+    rules: tuple = setting(
+        (), f.rules(f.boolean()), "((regex, bool), ...) prunable params; () = kernels"
+    )
+    exclude_first: bool = setting(True, f.boolean(), "keep the first layer dense")
+    exclude_last: bool = setting(False, f.boolean(), "keep the last layer dense")
+    steps: int = setting(1500, f.integer(1), "fine-tuning steps, pruning included")
+    begin_fraction: float = setting(0.0, _FRACTION, "pruning starts at this fraction of steps")
+    end_fraction: float = setting(0.5, _FRACTION, "and reaches its target at this fraction")
+    frequency: int = setting(50, f.integer(1), "steps between mask updates")
+    learning_rate: float = setting(3e-3, _RATE, "fine-tuning learning rate")
+    schedule: str = setting("cosine", f.choice(_SCHEDULES), "fine-tuning rate schedule")
+
+    def check(self, key) -> None:
+        if self.begin_fraction > self.end_fraction:
+            raise ValueError(
+                f"{key('begin_fraction')}={self.begin_fraction} must not exceed "
+                f"{key('end_fraction')}={self.end_fraction}; pruning starts before it ends."
+            )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Prune(PruneSchedule):
+    """``compress``: unstructured target, sparse export and structured (channel) pruning."""
+
+    sparsity: float = setting(0.9, _SPARSITY, "fraction of prunable weights at zero")
+    scorer: str = setting(
+        "magnitude", f.choice(f.lazy("jaxopt_ft.prune", "SCORERS")), "weight score"
+    )
+    scope: str = setting("global", f.choice(f.lazy("jaxopt_ft.prune", "SCOPES")), "ranking scope")
+    distribution: str = setting(
+        "uniform", f.choice(f.lazy("jaxopt_ft.prune", "DISTRIBUTIONS")), "per-layer targets"
+    )
+    export_format: str = setting(
+        "bitmask", f.choice(f.lazy("jaxopt_ft.prune", "EXPORT_FORMATS")), "sparse export"
+    )
+    structured_sparsity: float = setting(0.5, _SPARSITY, "fraction of each layer's units removed")
+    structured_rules: tuple = setting(
+        (), f.rules(_SPARSITY), "((regex over unit groups, fraction), ...) overrides"
+    )
+    structured_norm: str = setting(
+        "l2", f.choice(f.lazy("jaxopt_ft.prune", "NORMS")), "unit score norm"
+    )
+    structured_steps: int = setting(500, f.integer(0), "fine-tuning steps of the compact model")
+    structured_learning_rate: float = setting(3e-3, _RATE, "its learning rate")
+
+    def check(self, key) -> None:
+        super().check(key)
+        try:
+            importlib.import_module("jaxopt_ft.prune").check_scope(self.scope, self.distribution)
+        except ValueError as e:
+            raise ValueError(f"{key('scope')} / {key('distribution')}: {e}") from None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Quant:
+    """Quantized rows: PTQ, weights-only, QAT (and pruned + QAT)."""
+
+    bits: int = setting(8, _BITS, "PTQ weight width; activation width of every row")
+    qat_bits: int = setting(4, _BITS, "QAT weight width")
+    first_last_bits: int = setting(
+        8, lambda v, key: v if v == 0 else _BITS(v, f"{key} (or 0)"), "first/last layer width"
+    )
+    qat_steps: int = setting(100, f.integer(0), "QAT fine-tuning steps (0 = PTQ)")
+    learning_rate: float = setting(1e-3, _RATE, "QAT learning rate")
+    calibration_batches: int = setting(10, f.integer(1), "batches setting activation ranges")
+    observer: str = setting(
+        "minmax", f.choice(f.lazy("jaxopt_ft.quant", "OBSERVERS")), "range observer"
+    )
+
+
+# --- sweeps, studies, transfer, multi-task -----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SparsitySweep:
+    methods: tuple = setting(
+        ("magnitude-layer", "magnitude-global", "magnitude-erk", "random", "saliency"),
+        f.sequence(f.choice(f.lazy("jaxopt_ft.experiments.sparsity_sweep", "METHODS"))),
+        "pruning methods",
+    )
+    sparsities: tuple = setting((0.5, 0.75, 0.9, 0.95), f.sequence(_SPARSITY), "targets")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BitsSweep:
+    methods: tuple = setting(
+        ("ptq_weights", "ptq", "qat"),
+        f.sequence(f.choice(f.lazy("jaxopt_ft.experiments.bits_sweep", "METHODS"))),
+        "quantization methods",
+    )
+    bits: tuple = setting((2, 3, 4, 6, 8), f.sequence(_BITS), "weight widths")
+
+
+_LEARNING_RATES = {
+    "sgd": 1.0,
+    "momentum": 0.1,
+    "nesterov": 0.1,
+    "adagrad": 0.3,
+    "rmsprop": 1e-2,
+    "adam": 1e-2,
+    "adamw": 1e-2,
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RecipeSweep:
+    optimizers: tuple = setting(tuple(_LEARNING_RATES), f.sequence(f.choice(_OPTIMIZERS)), "")
+    schedules: tuple = setting(
+        ("constant", "exponential", "inverse_time", "warmup_cosine"),
+        f.sequence(f.choice(_SCHEDULES)),
+        "",
+    )
+    learning_rates: dict = setting(_LEARNING_RATES, f.mapping(_RATE), "peak rate per optimizer")
+    warmup_fraction: float = setting(0.05, f.number(0.0, 0.5), "warm-up share of each run")
+    batch_sizes: tuple = setting((25, 50, 100, 200, 400, 800), f.sequence(f.integer(1)), "")
+    batch_optimizer: str = setting("momentum", f.choice(_OPTIMIZERS), "batch-size sweep's")
+    batch_schedule: str = setting("warmup_cosine", f.choice(_SCHEDULES), "batch-size sweep's")
+
+    def check(self, key) -> None:
+        needed = {*self.optimizers, self.batch_optimizer}
+        missing = sorted(n for n in needed if n not in self.learning_rates)
+        if missing:
+            raise ValueError(
+                f"{key('learning_rates')} has no rate for {missing}; add e.g. "
+                f"--config.{key('learning_rates')}.{missing[0]}=0.01 to the config."
+            )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AugmentStudy:
+    """The ``augment`` section of the augmentation study: the ops and the paired seeds."""
+
+    ops: str = setting(
+        "crop(pad=1), rotate(degrees=10)", f.text(), "the augmented arm's ops (image datasets)"
+    )
+    seeds: tuple = setting(
+        (0, 1, 2, 3, 4),
+        f.sequence(f.integer(0), min_len=2, example="(0, 1, 2, 3, 4)"),
+        "paired seeds (>= 2: the standard deviation needs two)",
+    )
+
+    def check(self, key) -> None:
+        if not self.ops:
+            raise ValueError(
+                f"{key('ops')} is empty: the 'augment' arm would equal 'no_augment'; set e.g. "
+                f"--config.{key('ops')}='crop(pad=1)'."
+            )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Subset:
+    fraction: float = setting(0.1, f.number(0.0, 1.0, low_open=True), "training split share")
+
+
+_CLASSES = f.sequence(f.integer(0))
+_STRINGS = f.sequence(f.text(allow_empty=False))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Transfer:
+    pretrain_classes: tuple = setting((0, 1, 2, 3, 4), _CLASSES, "classes of the pretraining")
+    target_classes: tuple = setting((5, 6, 7, 8, 9), _CLASSES, "classes adapted to")
+    per_class: int = setting(20, f.integer(1), "labelled examples per target class")
+    seeds: tuple = setting((0, 1, 2), f.sequence(f.integer(0)), "few-shot draws")
+    modes: tuple = setting(
+        ("full", "partial", "linear_probe", "features", "lora", "scratch"),
+        f.sequence(f.choice(f.lazy("jaxopt_ft.finetune", "MODES"))),
+        "fine-tuning modes",
+    )
+    steps: int = setting(200, f.integer(1), "adaptation steps per mode and seed")
+    batch_size: int = setting(50, f.integer(1), "adaptation batch size")
+    optimizer: str = setting("adamw", f.choice(_OPTIMIZERS), "adaptation optimizer")
+    learning_rate: float = setting(3e-3, f.number(0.0, 10.0, low_open=True), "adaptation rate")
+    scratch_learning_rate: float = setting(1e-2, f.number(0.0, 10.0, low_open=True), "scratch's")
+    weight_decay: float = setting(1e-4, f.number(0.0, 1.0), "adamw weight decay")
+    lr_mult: dict = setting(
+        {"head": 1.0, "trunk": 1.0, "lora": 1.0}, f.mapping(_POSITIVE), "per-group rate factor"
+    )
+    dont_load: tuple = setting(("head/.*",), f.sequence(f.text(), min_len=0), "re-initialised")
+    partial_rules: tuple = setting(
+        (("conv1/.*", "frozen"), ("head/.*", "head"), (".*", "trunk")),
+        f.rules(f.text(allow_empty=False), allow_empty=False),
+        "freeze rules of mode partial",
+    )
+    lora_targets: tuple = setting(("conv[123]/kernel",), _STRINGS, "kernels given adapters")
+    lora_rank: int = setting(4, f.integer(1), "adapter rank")
+    lora_alpha: float = setting(8.0, f.number(0.0, 1e4, low_open=True), "adapter scale")
+    features_solver: str = setting("logistic", f.choice(("logistic", "ridge")), "features head")
+    features_l2: float = setting(100.0, f.number(0.0, 1e8), "ridge penalty")
+    pretrained: str = setting("", f.text(), "checkpoints dir to adapt from ('' = pretrain)")
+
+    def check(self, key) -> None:
+        n_shot = self.per_class * len(self.target_classes)
+        if self.batch_size > n_shot:
+            raise ValueError(
+                f"{key('batch_size')}={self.batch_size} exceeds the {n_shot} few-shot examples "
+                f"({self.per_class} x {len(self.target_classes)} classes); lower it."
+            )
+
+
+MULTITASK_ROWS = (
+    "single_task",
+    "equal",
+    "static",
+    "uncertainty",
+    "dwa",
+    "gradnorm",
+    "pcgrad",
+    "alternating",
+)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Multitask:
+    tasks: dict = setting(
+        {"digit": {"kind": "classification", "num_classes": 10, "loss": "cross_entropy"}},
+        f.mapping(f.anything(), allow_empty=False),
+        "{name: {kind, num_classes, loss}}",
+    )
+    rows: tuple = setting(
+        ("single_task", "equal", "uncertainty", "dwa", "gradnorm", "pcgrad", "alternating"),
+        f.sequence(f.choice(MULTITASK_ROWS)),
+        "single_task and the weighting methods",
+    )
+    static_weights: dict = setting({}, f.mapping(f.number(0.0)), "weights of row static")
+    dwa_temperature: float = setting(2.0, _POSITIVE, "DWA softmax temperature")
+    dwa_window: int = setting(0, f.integer(0, note=" (0 = one epoch)"), "steps per DWA window")
+    gradnorm_alpha: float = setting(1.5, f.number(0.0), "GradNorm restoring force")
+    gradnorm_lr: float = setting(0.025, _POSITIVE, "GradNorm weight learning rate")
+    alternate: str = setting(
+        "round_robin", f.choice(("round_robin", "sampled")), "task order of alternating"
+    )
+    similarity_from: str = setting("equal", f.text(), "row whose gradient similarity is kept")
+    similarity_every: int = setting(10, f.integer(1), "steps between similarity measurements")
+
+    def check(self, key) -> None:
+        if self.similarity_from not in self.rows or self.similarity_from == "single_task":
+            rows = [r for r in self.rows if r != "single_task"]
+            raise ValueError(
+                f"{key('similarity_from')}={self.similarity_from!r} must be one of the "
+                f"multi-task rows {rows}."
+            )
