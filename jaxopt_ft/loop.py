@@ -233,18 +233,8 @@ def fit(
     """
     _check_args(steps, nan_policy, max_consecutive_nonfinite)
     strategy = strategy or parallel.make("none")
-    main = parallel.is_main_process()
-    log = MetricsLog(os.path.join(workdir, "metrics.jsonl") if workdir and main else None, phase)
-    ckpt, start = None, 0
     t_start = time.perf_counter()
-    if workdir:
-        ckpt = ckpt_lib.Checkpointer(
-            os.path.join(workdir, "checkpoints", phase), max_to_keep=max_to_keep
-        )
-        # The restore target in this strategy's layout: a checkpoint written with any device
-        # count comes back already placed.
-        state, start = restore(ckpt, strategy.unwrap(strategy.prepare(state)), main=main)
-        log.truncate(start)
+    state, start, ckpt, log = _resume(state, strategy, workdir, phase, max_to_keep)
     monitor = NonFiniteMonitor(
         enabled=nan_policy == "stop", limit=max_consecutive_nonfinite, phase=phase, ckpt=ckpt
     )
@@ -271,6 +261,22 @@ def fit(
     jax.block_until_ready(state)
     state = parallel.local(strategy.unwrap(state))
     return state, _summary(state, last, log, start, steps, t_start, t_first)
+
+
+def _resume(state, strategy, workdir: str | None, phase: str, max_to_keep: int):
+    """``(state, start step, checkpointer or None, metrics log)`` of a phase in ``workdir``."""
+    main = parallel.is_main_process()
+    log = MetricsLog(os.path.join(workdir, "metrics.jsonl") if workdir and main else None, phase)
+    if not workdir:
+        return state, 0, None, log
+    ckpt = ckpt_lib.Checkpointer(
+        os.path.join(workdir, "checkpoints", phase), max_to_keep=max_to_keep
+    )
+    # The restore target in this strategy's layout: a checkpoint written with any device count
+    # comes back already placed.
+    state, start = restore(ckpt, strategy.unwrap(strategy.prepare(state)), main=main)
+    log.truncate(start)
+    return state, start, ckpt, log
 
 
 def _saver(ckpt, strategy, every: int, steps: int) -> Callable[..., None] | None:

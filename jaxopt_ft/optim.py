@@ -136,6 +136,20 @@ def schedule(
     return optax.piecewise_constant_schedule(learning_rate, bounds)
 
 
+# One small constructor per optimizer name: (learning_rate, hyperparameters) -> optax.
+_OPTAX = {
+    "sgd": lambda lr, h: optax.sgd(lr),
+    "momentum": lambda lr, h: optax.sgd(lr, momentum=h["momentum"]),
+    "nesterov": lambda lr, h: optax.sgd(lr, momentum=h["momentum"], nesterov=True),
+    "adagrad": lambda lr, h: optax.adagrad(lr, eps=h["eps"]),
+    "rmsprop": lambda lr, h: optax.rmsprop(lr, decay=h["decay"], eps=h["eps"]),
+    "adam": lambda lr, h: optax.adam(lr, b1=h["b1"], b2=h["b2"], eps=h["eps"]),
+    "adamw": lambda lr, h: optax.adamw(
+        lr, b1=h["b1"], b2=h["b2"], eps=h["eps"], weight_decay=h["weight_decay"], mask=h["mask"]
+    ),
+}
+
+
 def make(
     name: str,
     *,
@@ -198,22 +212,9 @@ def make(
         raise ValueError("Pass weight_decay_mask or weight_decay_rules, not both.")
     if weight_decay_mask is None:
         weight_decay_mask = decay_rules_mask(weight_decay_rules)
-    if name == "sgd":
-        tx = optax.sgd(learning_rate)
-    elif name == "momentum":
-        tx = optax.sgd(learning_rate, momentum=momentum)
-    elif name == "nesterov":
-        tx = optax.sgd(learning_rate, momentum=momentum, nesterov=True)
-    elif name == "adagrad":
-        tx = optax.adagrad(learning_rate, eps=eps)
-    elif name == "rmsprop":
-        tx = optax.rmsprop(learning_rate, decay=decay, eps=eps)
-    elif name == "adam":
-        tx = optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
-    else:
-        tx = optax.adamw(
-            learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=weight_decay_mask
-        )
+    hyper = {"momentum": momentum, "b1": b1, "b2": b2, "eps": eps, "decay": decay}
+    hyper.update(weight_decay=weight_decay, mask=weight_decay_mask)
+    tx = _OPTAX[name](learning_rate, hyper)
     if clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(clip_norm), tx)
     if ema_decay:

@@ -302,36 +302,39 @@ def make_train_step(
             return value, (metrics, new_vars.get("batch_stats", state.batch_stats))
 
         c = combine(objective, part, aux=state.aux, key=k_combine, step=state.step, reduce=reduce)
-        if constant is None:
-            grads = c.grads
-        else:  # multi_transform wants the whole tree; set_to_zero never reads these zeros
-            grads = _merge(state.params, c.grads, jax.tree.map(jnp.zeros_like, constant))
-        updates, opt_state = state.tx.update(grads, state.opt_state, state.params, **c.tx_args)
-        new_part = optax.apply_updates(part, _partition(updates, trainable)[0])
-        batch_stats = state.batch_stats
-        if mutable:
-            batch_stats = _keep_frozen_stats(trainable, batch_stats, reduce(c.model_state))
-        metrics = {"loss": c.loss, **c.metrics}
-        guard = optim.nonfinite_counts(opt_state)
-        if guard is not None:
-            # A skipped update must not leave NaN running statistics behind either.
-            batch_stats = jax.tree.map(
-                lambda new, old: jnp.where(guard["applied"], new, old),
-                batch_stats,
-                state.batch_stats,
-            )
-            metrics["nonfinite_consecutive"] = guard["consecutive"]
-            metrics["nonfinite_total"] = guard["total"]
-        state = state.replace(
-            step=state.step + 1,
-            params=_merge(state.params, new_part, constant),
-            opt_state=opt_state,
-            batch_stats=batch_stats,
-            aux=c.aux,
-        )
-        return state, metrics
+        return _apply(state, c, part, constant, trainable=trainable, mutable=mutable, reduce=reduce)
 
     return train_step
+
+
+def _apply(state: TrainState, c: Combined, part, constant, *, trainable, mutable, reduce):
+    """The optimizer update, BatchNorm statistics and metrics of one step from its gradient."""
+    if constant is None:
+        grads = c.grads
+    else:  # multi_transform wants the whole tree; set_to_zero never reads these zeros
+        grads = _merge(state.params, c.grads, jax.tree.map(jnp.zeros_like, constant))
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params, **c.tx_args)
+    new_part = optax.apply_updates(part, _partition(updates, trainable)[0])
+    batch_stats = state.batch_stats
+    if mutable:
+        batch_stats = _keep_frozen_stats(trainable, batch_stats, reduce(c.model_state))
+    metrics = {"loss": c.loss, **c.metrics}
+    guard = optim.nonfinite_counts(opt_state)
+    if guard is not None:
+        # A skipped update must not leave NaN running statistics behind either.
+        batch_stats = jax.tree.map(
+            lambda new, old: jnp.where(guard["applied"], new, old), batch_stats, state.batch_stats
+        )
+        metrics["nonfinite_consecutive"] = guard["consecutive"]
+        metrics["nonfinite_total"] = guard["total"]
+    state = state.replace(
+        step=state.step + 1,
+        params=_merge(state.params, new_part, constant),
+        opt_state=opt_state,
+        batch_stats=batch_stats,
+        aux=c.aux,
+    )
+    return state, metrics
 
 
 def _eval_sums(apply_fn: Callable, variables: PyTree, batch: Batch) -> dict[str, jax.Array]:

@@ -199,6 +199,19 @@ def subset(
             )
         num_classes = len(keep)
 
+    index = _stratified_rows(ds, keep, counts, fraction=fraction, per_class=per_class, seed=seed)
+    label = ds.label[index]
+    if classes is not None:
+        relabel = np.full(ds.num_classes, -1, np.int32)
+        relabel[keep] = np.arange(len(keep), dtype=np.int32)
+        label = relabel[label]
+    return Dataset(
+        x=ds.x[index], label=label.astype(np.int32), num_classes=num_classes, name=ds.name
+    )
+
+
+def _stratified_rows(ds, keep, counts, *, fraction, per_class, seed) -> np.ndarray:
+    """Sorted row indices: ``per_class`` rows, or ``fraction`` of each class of ``keep``."""
     rng = np.random.default_rng(seed)
     rows = []
     for c in keep:
@@ -215,16 +228,7 @@ def subset(
         else:
             take = len(members)
         rows.append(rng.permutation(members)[:take])
-    index = np.sort(np.concatenate(rows)) if rows else np.zeros((0,), np.int64)
-
-    label = ds.label[index]
-    if classes is not None:
-        relabel = np.full(ds.num_classes, -1, np.int32)
-        relabel[keep] = np.arange(len(keep), dtype=np.int32)
-        label = relabel[label]
-    return Dataset(
-        x=ds.x[index], label=label.astype(np.int32), num_classes=num_classes, name=ds.name
-    )
+    return np.sort(np.concatenate(rows)) if rows else np.zeros((0,), np.int64)
 
 
 def _check_batch_size(ds: Dataset, batch_size: int, *, train: bool) -> None:

@@ -280,3 +280,13 @@ def library(module: str, name: str) -> Check:
         return getattr(importlib.import_module(module), name)(value, what=key)
 
     return check
+
+
+# Checks several settings sections share.
+POSITIVE = number(0.0, low_open=True)
+RATE = number(0.0, 100.0, low_open=True)
+FRACTION = number(0.0, 1.0)
+SPARSITY = library("jaxopt_ft.prune", "check_sparsity")
+BITS = library("jaxopt_ft.quant", "check_bits")
+OPTIMIZER = choice(lazy("jaxopt_ft.optim", "OPTIMIZERS"))
+SCHEDULE = choice(lazy("jaxopt_ft.optim", "SCHEDULES"))

@@ -11,15 +11,6 @@ import importlib
 from jaxopt_ft.experiments import fields as f
 from jaxopt_ft.experiments.fields import setting
 
-_OPTIMIZERS = f.lazy("jaxopt_ft.optim", "OPTIMIZERS")
-_SCHEDULES = f.lazy("jaxopt_ft.optim", "SCHEDULES")
-_POSITIVE = f.number(0.0, low_open=True)
-_RATE = f.number(0.0, 100.0, low_open=True)
-_FRACTION = f.number(0.0, 1.0)
-_SPARSITY = f.library("jaxopt_ft.prune", "check_sparsity")
-_BITS = f.library("jaxopt_ft.quant", "check_bits")
-
-
 # --- pruning and quantization ------------------------------------------------------------------
 
 
@@ -33,11 +24,11 @@ class PruneSchedule:
     exclude_first: bool = setting(True, f.boolean(), "keep the first layer dense")
     exclude_last: bool = setting(False, f.boolean(), "keep the last layer dense")
     steps: int = setting(1500, f.integer(1), "fine-tuning steps, pruning included")
-    begin_fraction: float = setting(0.0, _FRACTION, "pruning starts at this fraction of steps")
-    end_fraction: float = setting(0.5, _FRACTION, "and reaches its target at this fraction")
+    begin_fraction: float = setting(0.0, f.FRACTION, "pruning starts at this fraction of steps")
+    end_fraction: float = setting(0.5, f.FRACTION, "and reaches its target at this fraction")
     frequency: int = setting(50, f.integer(1), "steps between mask updates")
-    learning_rate: float = setting(3e-3, _RATE, "fine-tuning learning rate")
-    schedule: str = setting("cosine", f.choice(_SCHEDULES), "fine-tuning rate schedule")
+    learning_rate: float = setting(3e-3, f.RATE, "fine-tuning learning rate")
+    schedule: str = setting("cosine", f.SCHEDULE, "fine-tuning rate schedule")
 
     def check(self, key) -> None:
         if self.begin_fraction > self.end_fraction:
@@ -51,7 +42,7 @@ class PruneSchedule:
 class Prune(PruneSchedule):
     """``compress``: unstructured target, sparse export and structured (channel) pruning."""
 
-    sparsity: float = setting(0.9, _SPARSITY, "fraction of prunable weights at zero")
+    sparsity: float = setting(0.9, f.SPARSITY, "fraction of prunable weights at zero")
     scorer: str = setting(
         "magnitude", f.choice(f.lazy("jaxopt_ft.prune", "SCORERS")), "weight score"
     )
@@ -62,15 +53,15 @@ class Prune(PruneSchedule):
     export_format: str = setting(
         "bitmask", f.choice(f.lazy("jaxopt_ft.prune", "EXPORT_FORMATS")), "sparse export"
     )
-    structured_sparsity: float = setting(0.5, _SPARSITY, "fraction of each layer's units removed")
+    structured_sparsity: float = setting(0.5, f.SPARSITY, "fraction of each layer's units removed")
     structured_rules: tuple = setting(
-        (), f.rules(_SPARSITY), "((regex over unit groups, fraction), ...) overrides"
+        (), f.rules(f.SPARSITY), "((regex over unit groups, fraction), ...) overrides"
     )
     structured_norm: str = setting(
         "l2", f.choice(f.lazy("jaxopt_ft.prune", "NORMS")), "unit score norm"
     )
     structured_steps: int = setting(500, f.integer(0), "fine-tuning steps of the compact model")
-    structured_learning_rate: float = setting(3e-3, _RATE, "its learning rate")
+    structured_learning_rate: float = setting(3e-3, f.RATE, "its learning rate")
 
     def check(self, key) -> None:
         super().check(key)
@@ -84,13 +75,13 @@ class Prune(PruneSchedule):
 class Quant:
     """Quantized rows: PTQ, weights-only, QAT (and pruned + QAT)."""
 
-    bits: int = setting(8, _BITS, "PTQ weight width; activation width of every row")
-    qat_bits: int = setting(4, _BITS, "QAT weight width")
+    bits: int = setting(8, f.BITS, "PTQ weight width; activation width of every row")
+    qat_bits: int = setting(4, f.BITS, "QAT weight width")
     first_last_bits: int = setting(
-        8, lambda v, key: v if v == 0 else _BITS(v, f"{key} (or 0)"), "first/last layer width"
+        8, lambda v, key: v if v == 0 else f.BITS(v, f"{key} (or 0)"), "first/last layer width"
     )
     qat_steps: int = setting(100, f.integer(0), "QAT fine-tuning steps (0 = PTQ)")
-    learning_rate: float = setting(1e-3, _RATE, "QAT learning rate")
+    learning_rate: float = setting(1e-3, f.RATE, "QAT learning rate")
     calibration_batches: int = setting(10, f.integer(1), "batches setting activation ranges")
     observer: str = setting(
         "minmax", f.choice(f.lazy("jaxopt_ft.quant", "OBSERVERS")), "range observer"
@@ -107,7 +98,7 @@ class SparsitySweep:
         f.sequence(f.choice(f.lazy("jaxopt_ft.experiments.sparsity_sweep", "METHODS"))),
         "pruning methods",
     )
-    sparsities: tuple = setting((0.5, 0.75, 0.9, 0.95), f.sequence(_SPARSITY), "targets")
+    sparsities: tuple = setting((0.5, 0.75, 0.9, 0.95), f.sequence(f.SPARSITY), "targets")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -117,7 +108,7 @@ class BitsSweep:
         f.sequence(f.choice(f.lazy("jaxopt_ft.experiments.bits_sweep", "METHODS"))),
         "quantization methods",
     )
-    bits: tuple = setting((2, 3, 4, 6, 8), f.sequence(_BITS), "weight widths")
+    bits: tuple = setting((2, 3, 4, 6, 8), f.sequence(f.BITS), "weight widths")
 
 
 _LEARNING_RATES = {
@@ -133,17 +124,17 @@ _LEARNING_RATES = {
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RecipeSweep:
-    optimizers: tuple = setting(tuple(_LEARNING_RATES), f.sequence(f.choice(_OPTIMIZERS)), "")
+    optimizers: tuple = setting(tuple(_LEARNING_RATES), f.sequence(f.OPTIMIZER), "")
     schedules: tuple = setting(
         ("constant", "exponential", "inverse_time", "warmup_cosine"),
-        f.sequence(f.choice(_SCHEDULES)),
+        f.sequence(f.SCHEDULE),
         "",
     )
-    learning_rates: dict = setting(_LEARNING_RATES, f.mapping(_RATE), "peak rate per optimizer")
+    learning_rates: dict = setting(_LEARNING_RATES, f.mapping(f.RATE), "peak rate per optimizer")
     warmup_fraction: float = setting(0.05, f.number(0.0, 0.5), "warm-up share of each run")
     batch_sizes: tuple = setting((25, 50, 100, 200, 400, 800), f.sequence(f.integer(1)), "")
-    batch_optimizer: str = setting("momentum", f.choice(_OPTIMIZERS), "batch-size sweep's")
-    batch_schedule: str = setting("warmup_cosine", f.choice(_SCHEDULES), "batch-size sweep's")
+    batch_optimizer: str = setting("momentum", f.OPTIMIZER, "batch-size sweep's")
+    batch_schedule: str = setting("warmup_cosine", f.SCHEDULE, "batch-size sweep's")
 
     def check(self, key) -> None:
         needed = {*self.optimizers, self.batch_optimizer}
@@ -198,12 +189,12 @@ class Transfer:
     )
     steps: int = setting(200, f.integer(1), "adaptation steps per mode and seed")
     batch_size: int = setting(50, f.integer(1), "adaptation batch size")
-    optimizer: str = setting("adamw", f.choice(_OPTIMIZERS), "adaptation optimizer")
+    optimizer: str = setting("adamw", f.OPTIMIZER, "adaptation optimizer")
     learning_rate: float = setting(3e-3, f.number(0.0, 10.0, low_open=True), "adaptation rate")
     scratch_learning_rate: float = setting(1e-2, f.number(0.0, 10.0, low_open=True), "scratch's")
     weight_decay: float = setting(1e-4, f.number(0.0, 1.0), "adamw weight decay")
     lr_mult: dict = setting(
-        {"head": 1.0, "trunk": 1.0, "lora": 1.0}, f.mapping(_POSITIVE), "per-group rate factor"
+        {"head": 1.0, "trunk": 1.0, "lora": 1.0}, f.mapping(f.POSITIVE), "per-group rate factor"
     )
     dont_load: tuple = setting(("head/.*",), f.sequence(f.text(), min_len=0), "re-initialised")
     partial_rules: tuple = setting(
@@ -252,10 +243,10 @@ class Multitask:
         "single_task and the weighting methods",
     )
     static_weights: dict = setting({}, f.mapping(f.number(0.0)), "weights of row static")
-    dwa_temperature: float = setting(2.0, _POSITIVE, "DWA softmax temperature")
+    dwa_temperature: float = setting(2.0, f.POSITIVE, "DWA softmax temperature")
     dwa_window: int = setting(0, f.integer(0, note=" (0 = one epoch)"), "steps per DWA window")
     gradnorm_alpha: float = setting(1.5, f.number(0.0), "GradNorm restoring force")
-    gradnorm_lr: float = setting(0.025, _POSITIVE, "GradNorm weight learning rate")
+    gradnorm_lr: float = setting(0.025, f.POSITIVE, "GradNorm weight learning rate")
     alternate: str = setting(
         "round_robin", f.choice(("round_robin", "sampled")), "task order of alternating"
     )

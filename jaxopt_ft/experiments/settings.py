@@ -29,15 +29,6 @@ from jaxopt_ft.experiments.sections import (
     Transfer,
 )
 
-_OPTIMIZERS = f.lazy("jaxopt_ft.optim", "OPTIMIZERS")
-_SCHEDULES = f.lazy("jaxopt_ft.optim", "SCHEDULES")
-_POSITIVE = f.number(0.0, low_open=True)
-_RATE = f.number(0.0, 100.0, low_open=True)
-_FRACTION = f.number(0.0, 1.0)
-_SPARSITY = f.library("jaxopt_ft.prune", "check_sparsity")
-_BITS = f.library("jaxopt_ft.quant", "check_bits")
-
-
 # --- sections every experiment has ------------------------------------------------------------
 
 
@@ -58,12 +49,12 @@ class Model:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Optimizer:
-    name: str = setting("adam", f.choice(_OPTIMIZERS), "optax optimizer")
-    learning_rate: float = setting(1e-2, _RATE, "peak learning rate")
+    name: str = setting("adam", f.OPTIMIZER, "optax optimizer")
+    learning_rate: float = setting(1e-2, f.RATE, "peak learning rate")
     momentum: float = setting(0.9, f.number(0.0, 1.0, high_open=True), "momentum, nesterov")
     b1: float = setting(0.9, f.number(0.0, 1.0, high_open=True), "adam(w) first moment decay")
     b2: float = setting(0.999, f.number(0.0, 1.0, high_open=True), "adam(w) second moment")
-    eps: float = setting(1e-8, _POSITIVE, "stability term of adaptive methods")
+    eps: float = setting(1e-8, f.POSITIVE, "stability term of adaptive methods")
     decay: float = setting(0.9, f.number(0.0, 1.0, high_open=True), "rmsprop decay")
     weight_decay: float = setting(1e-4, f.number(0.0), "adamw decoupled weight decay")
     weight_decay_rules: tuple = setting(
@@ -77,13 +68,13 @@ class Optimizer:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Schedule:
-    name: str = setting("constant", f.choice(_SCHEDULES), "learning-rate schedule")
+    name: str = setting("constant", f.SCHEDULE, "learning-rate schedule")
     warmup_steps: int = setting(0, f.integer(0), "warmup_cosine warm-up steps")
     decay_rate: float = setting(0.01, f.number(0.0, 1.0, low_open=True), "final / initial rate")
     boundaries: tuple = setting(
         (0.5, 0.75), f.sequence(f.number(0.0, 1.0, low_open=True, high_open=True)), "piecewise"
     )
-    scale: float = setting(0.1, _POSITIVE, "piecewise factor at each boundary")
+    scale: float = setting(0.1, f.POSITIVE, "piecewise factor at each boundary")
     end_value: float = setting(0.0, f.number(0.0), "final rate of the cosine schedules")
 
 

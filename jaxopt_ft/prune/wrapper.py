@@ -128,8 +128,6 @@ def wrap(
     scope: str = "layer",
     distribution: str = "uniform",
     rules: tree.Rules | None = None,
-    exclude_first: bool = False,
-    exclude_last: bool = False,
     begin_step: int | None = None,
     end_step: int | None = None,
     frequency: int | None = None,
@@ -137,6 +135,11 @@ def wrap(
     key: jax.Array | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Prunes the params ``inner`` optimizes, on a schedule, keeping pruned weights at 0.
+
+    (Long because it resolves four mutually exclusive targets; the planned schedule x masker
+    composition replaces it.) To keep the first or last layer dense, select with
+    :func:`select_prunable` (``exclude_first=True, layer_order=model.layer_order()``) and pass
+    that selection as ``rules`` (see the example below).
 
     Targets (pick one):
 
@@ -161,10 +164,6 @@ def wrap(
       scope: ``"layer"`` or ``"global"``.
       distribution: ``"uniform"`` or ``"erk"`` (layer scope).
       rules: prunable rules ``[(regex, bool)]``; default kernels with ndim >= 2.
-      exclude_first: must be False: keeping the first layer dense needs the model's layer
-        order, which ``wrap`` does not take; select with :func:`select_prunable`
-        (``layer_order=model.layer_order()``) and pass that selection as ``rules``.
-      exclude_last: must be False, likewise.
       begin_step: first pruning step (update count).
       end_step: last pruning step for gradual pruning.
       frequency: steps between mask updates.
@@ -176,9 +175,8 @@ def wrap(
       :class:`PruneState` (find it in any opt_state with :func:`find_masks`).
 
     Raises:
-      ValueError: inconsistent or invalid options, ``exclude_first``/``exclude_last`` (at
-        construction), rules matching no parameter or mismatched ``masks`` (at ``init``),
-        ``params=None`` (at ``update``).
+      ValueError: inconsistent or invalid options (at construction), rules matching no
+        parameter or mismatched ``masks`` (at ``init``), ``params=None`` (at ``update``).
 
     Example::
 
@@ -199,14 +197,6 @@ def wrap(
     if scorer == "random" and key is None and schedule is not None:
         raise ValueError(
             "prune.wrap(scorer='random') needs a key. Fix: pass key=jax.random.key(seed)."
-        )
-    if exclude_first or exclude_last:
-        raise ValueError(
-            f"prune.wrap(exclude_first={exclude_first}, exclude_last={exclude_last}) needs the "
-            "model's layer order, which wrap does not take. Fix: chosen = "
-            "prune.select_prunable(params, rules, exclude_first=..., exclude_last=..., "
-            "layer_order=model.layer_order()), then pass rules=[(re.escape(p), v) for p, v "
-            "in jaxopt_ft.tree.flatten(chosen).items()] and leave both False."
         )
     nm_pair = None if nm is None else allocate._unpack_nm(nm)
 
