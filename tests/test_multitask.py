@@ -398,3 +398,24 @@ def test_last_shared_layer_follows_creation_order():
     assert mt.last_shared_layer(params["trunk"]) == "a_last/kernel"
     assert set(params) == {"trunk", "heads"} and set(params["heads"]) == {"digit"}
     assert params["heads"]["digit"]["kernel"].shape == (4, 10)
+
+
+def test_alternating_follows_the_declared_task_order_not_the_sorted_one():
+    # Declared digit, slope, parity: pytrees sort heads (digit, parity, slope), tasks do not.
+    spec = {"digit": SPEC["digit"], "slope": SPEC["slope"], "parity": SPEC["parity"]}
+    tasks = mt.make_tasks(spec)
+    model = mt.MultiTaskModel(models.get("mlp", hidden=(16, 16)), tasks)
+    state, method = mt.init_state(
+        model, mt.Method(name="alternating"), key=jax.random.PRNGKey(0),
+        sample_x=np.zeros((1, 40), np.float32), tx=optax.adam(1e-2),
+    )  # fmt: skip
+    step = jax.jit(mt.make_train_step(tasks, method))
+    before = jax.tree.map(np.asarray, state.params["heads"])
+    state, _ = step(state, _batch(), jax.random.PRNGKey(0))  # step 0: digit
+    state, metrics = step(state, _batch(seed=1), jax.random.PRNGKey(1))  # step 1: slope
+    assert float(metrics["weight_slope"]) == 1.0
+    moved = {
+        n: not np.array_equal(np.asarray(state.params["heads"][n]["kernel"]), before[n]["kernel"])
+        for n in ("digit", "slope", "parity")
+    }
+    assert moved == {"digit": True, "slope": True, "parity": False}

@@ -129,3 +129,19 @@ def test_diverging_run_stops_with_one_line_and_keeps_checkpoints(tmp_path):
     restored = ck._manager.restore(kept)
     for leaf in jax.tree.leaves(restored["params"]):
         assert np.all(np.isfinite(np.asarray(leaf)))  # skipped updates never reached the params
+
+
+def test_every_sweep_run_starts_from_the_same_initial_params(tmp_path):
+    """A run's result does not depend on the runs before it in the sweep."""
+    rows = {}
+    for name, optimizers in (("both", ("sgd", "adam")), ("alone", ("adam",))):
+        config = load_config(SWEEP, overrides={
+            "model.name": "mlp", "train.steps": 20, "train.log_every": 10,
+            "sweep.optimizers": optimizers, "sweep.schedules": ("constant",),
+            "sweep.batch_sizes": (100,),
+        })  # fmt: skip
+        kind, s = experiments.prepare(config)
+        report = kind.run(s, str(tmp_path / name), progress=False)
+        rows[name] = {r["name"]: r for r in report["rows"]}
+    assert rows["both"]["adam/constant"]["test_loss"] == rows["alone"]["adam/constant"]["test_loss"]
+    assert rows["both"]["batch_100"]["test_loss"] == rows["alone"]["batch_100"]["test_loss"]

@@ -127,8 +127,8 @@ def run(s: Settings, workdir: str, *, progress: bool = True) -> dict:
             rs, state, step_fn, batches, workdir=workdir, phase=phase, steps=r["steps"],
             key=k_train, progress=progress,
         )  # fmt: skip
-        params = optim.ema_params(state.opt_state) if s.train.ema_decay else state.params
-        variables = state.variables(params)
+        final = optim.ema_params(state.opt_state) if s.train.ema_decay else state.params
+        variables = state.variables(final)
         metrics = common.evaluate(s, state.apply_fn, variables, test_ds)
         train_loss = common.evaluate(s, state.apply_fn, variables, train_ds)["test_loss"]
         rows.append(

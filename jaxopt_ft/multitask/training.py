@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -109,12 +110,16 @@ def make_train_step(
 
 
 def alternating_tx(
-    trunk: optax.GradientTransformation, head: optax.GradientTransformation
+    trunk: optax.GradientTransformation,
+    head: optax.GradientTransformation,
+    names: Sequence[str],
 ) -> optax.GradientTransformationExtraArgs:
     """The ``alternating`` optimizer: the trunk steps every update, only head ``task`` steps.
 
-    ``update(grads, state, params, *, task)``: every head keeps its own optimizer state, which
-    moves only on the steps that train its task (Adam's moments of a resting head do not decay).
+    ``update(grads, state, params, *, task)``: ``task`` indexes ``names`` (the tasks in the
+    model's order; pytrees hold the heads sorted by name, so the order is passed explicitly).
+    Every head keeps its own optimizer state, which moves only on the steps that train its task
+    (Adam's moments of a resting head do not decay).
     """
 
     def init(params):
@@ -126,7 +131,7 @@ def alternating_tx(
         trunk_updates, trunk_state = trunk.update(grads["trunk"], state["trunk"], params["trunk"])
         updates = {"trunk": trunk_updates, "heads": {}}
         new_state = {"trunk": trunk_state, "heads": {}}
-        for i, n in enumerate(grads["heads"]):
+        for i, n in enumerate(names):
             old = state["heads"][n]
             stepped, stepped_state = head.update(grads["heads"][n], old, params["heads"][n])
             chosen = task == i
@@ -179,7 +184,7 @@ def init_state(
     num = len(model.tasks)
     params, weighting = WEIGHTINGS[method.name](method, model.tasks).init(params, num)
     if method.name == "alternating":
-        tx = alternating_tx(tx, head_tx or tx)
+        tx = alternating_tx(tx, head_tx or tx, [t.name for t in model.tasks])
     state = train.TrainState.create(
         apply_fn=model.apply,
         params=params,
