@@ -55,7 +55,8 @@ def initial_params() -> dict:
 
 def optimizer(variant: str) -> optax.GradientTransformation:
     if variant.startswith("compress"):
-        return prune.wrap(optax.adam(1e-2), sparsity=0.5, begin_step=4, end_step=12, frequency=4)
+        schedule = prune.polynomial(final_sparsity=0.5, begin_step=4, end_step=12, frequency=4)
+        return prune.wrap(optax.adam(1e-2), schedule, prune.magnitude())
     return optax.adam(1e-2)
 
 

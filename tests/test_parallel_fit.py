@@ -55,7 +55,8 @@ def case_train(strategy):
 def case_compress(strategy):
     # Pruning masks live in the optimizer state; QAT's activation ranges come from each batch
     # (under pmap reduced over the device axis, so they are the global batch's).
-    tx = prune.wrap(optax.adam(1e-2), sparsity=0.5, begin_step=4, end_step=12, frequency=4)
+    schedule = prune.polynomial(final_sparsity=0.5, begin_step=4, end_step=12, frequency=4)
+    tx = prune.wrap(optax.adam(1e-2), schedule, prune.magnitude())
     state = train.TrainState.create(apply_fn=MODEL.apply, params=init_params(), tx=tx)
     apply_fn = quant.fake_quant_apply_fn(
         MODEL, weight_bits=4, act_bits=8, axis_name=strategy.axis_name

@@ -226,7 +226,7 @@ def test_sparsity_outside_unit_interval_is_value_error(bad):
     with pytest.raises(ValueError, match=r"sparsity=.* must be a number in \[0, 1\)"):
         prune.compute_masks(PARAMS, sparsity=bad)
     with pytest.raises(ValueError, match=r"in \[0, 1\)"):
-        prune.wrap(optax.adam(1e-3), sparsity=bad)
+        prune.one_shot(bad)
 
 
 def test_bad_scope_distribution_scorer():

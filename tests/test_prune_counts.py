@@ -126,7 +126,7 @@ def test_wrap_reaches_the_exact_count_despite_float32(scope):
     # Inside jit the schedule's sparsity is float32: 0.15 * 190 rounds to 29 there, while
     # torch (and one-shot compute_masks) prune round(28.5) = 28.
     params = random_params([(19, 10)], seed=3)
-    tx = prune.wrap(optax.sgd(0.0), sparsity=0.15, scope=scope)
+    tx = prune.wrap(optax.sgd(0.0), prune.one_shot(0.15), prune.magnitude(scope=scope))
     state = tx.init(params)
     grads = jax.tree.map(jnp.zeros_like, params)
     _, state = jax.jit(tx.update)(grads, state, params)

@@ -98,9 +98,8 @@ def test_lottery_round_prunes_trained_and_rewinds():
 
 
 def test_pruned_weights_exactly_zero_after_100_adam_steps():
-    tx = prune.wrap(
-        optax.adam(1e-2, b1=0.9), sparsity=0.75, begin_step=10, end_step=60, frequency=10
-    )
+    schedule = prune.polynomial(final_sparsity=0.75, begin_step=10, end_step=60, frequency=10)
+    tx = prune.wrap(optax.adam(1e-2, b1=0.9), schedule, prune.magnitude())
     history = run(tx, 100)
     params, opt_state = history[-1]
     masks = prune.find_masks(opt_state)
@@ -115,14 +114,10 @@ def test_pruned_weights_exactly_zero_after_100_adam_steps():
 
 
 def test_masks_change_only_on_schedule_steps_and_only_shrink():
-    tx = prune.wrap(
-        optax.sgd(0.1, momentum=0.9),
-        sparsity=0.5,
-        initial_sparsity=0.2,
-        begin_step=2,
-        end_step=8,
-        frequency=3,
+    schedule = prune.polynomial(
+        final_sparsity=0.5, initial_sparsity=0.2, begin_step=2, end_step=8, frequency=3
     )
+    tx = prune.wrap(optax.sgd(0.1, momentum=0.9), schedule, prune.magnitude())
     history = run(tx, 12)
     kept = [sum(int(np.sum(m)) for m in jax.tree.leaves(prune.find_masks(s))) for _, s in history]
     # Update i runs with count i; masks change at counts 2, 5, 8 only.
@@ -136,7 +131,7 @@ def test_masks_change_only_on_schedule_steps_and_only_shrink():
 
 
 def test_inner_momentum_stays_zero_at_pruned_weights():
-    tx = prune.wrap(optax.adam(1e-2), sparsity=0.5)  # one-shot at the first update
+    tx = prune.wrap(optax.adam(1e-2), prune.one_shot(0.5), prune.magnitude())  # one-shot at the first update
     params, opt_state = run(tx, 5)[-1]
     masks = prune.find_masks(opt_state)
     adam = prune.find_states(opt_state)[0].inner_state[0]
@@ -147,7 +142,7 @@ def test_inner_momentum_stays_zero_at_pruned_weights():
 
 
 def test_find_masks_inside_a_chain():
-    tx = optax.chain(optax.clip_by_global_norm(1.0), prune.wrap(optax.adam(1e-2), sparsity=0.5))
+    tx = optax.chain(optax.clip_by_global_norm(1.0), prune.wrap(optax.adam(1e-2), prune.one_shot(0.5), prune.magnitude()))
     params, opt_state = run(tx, 3)[-1]
     masks = prune.find_masks(opt_state)
     assert prune.mask_sparsity(masks, prune.select_prunable(params)) == pytest.approx(0.5)
@@ -156,7 +151,7 @@ def test_find_masks_inside_a_chain():
 
 
 def test_tree_map_params_sees_masks_as_param_shaped():
-    tx = optax.chain(optax.clip(1.0), prune.wrap(optax.adam(1e-2), sparsity=0.5))
+    tx = optax.chain(optax.clip(1.0), prune.wrap(optax.adam(1e-2), prune.one_shot(0.5), prune.magnitude()))
     state = tx.init(PARAMS)
     shapes = optax.tree_utils.tree_map_params(
         tx, lambda x: "param-shaped", state, transform_non_params=lambda _: "other"
@@ -170,14 +165,16 @@ def test_find_masks_errors():
     with pytest.raises(ValueError, match="found 0"):
         prune.find_masks(optax.adam(1e-3).init(PARAMS))
     two = optax.chain(
-        prune.wrap(optax.sgd(1.0), sparsity=0.5), prune.wrap(optax.sgd(1.0), sparsity=0.5)
+        prune.wrap(optax.sgd(1.0), prune.one_shot(0.5), prune.magnitude()),
+        prune.wrap(optax.sgd(1.0), prune.one_shot(0.5), prune.magnitude()),
     )
     with pytest.raises(ValueError, match="found 2"):
         prune.find_masks(two.init(PARAMS))
 
 
 def test_nm_through_wrap_every_group():
-    tx = prune.wrap(optax.adam(1e-2), nm=(2, 4), begin_step=0, end_step=4, frequency=2)
+    schedule = prune.constant(0.5, begin_step=0, end_step=4, frequency=2)
+    tx = prune.wrap(optax.adam(1e-2), schedule, prune.nm(2, 4))
     params, opt_state = run(tx, 6)[-1]
     for path in ("conv/kernel", "head/kernel"):
         m = np.asarray(tree.flatten(prune.find_masks(opt_state))[path])
@@ -189,7 +186,7 @@ def test_nm_through_wrap_every_group():
 
 def test_random_and_saliency_scorers_in_wrap():
     key = jax.random.key(3)
-    rand = prune.wrap(optax.sgd(0.1), sparsity=0.5, scorer="random", key=key)
+    rand = prune.wrap(optax.sgd(0.1), prune.one_shot(0.5), prune.random(key=key))
     got = prune.find_masks(run(rand, 1)[-1][1])
     # Update t scores with fold_in(key, t).
     want = prune.compute_masks(
@@ -197,7 +194,7 @@ def test_random_and_saliency_scorers_in_wrap():
     )
     for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_array_equal(x, y)
-    sal = prune.wrap(optax.sgd(0.1), sparsity=0.5, scorer="saliency")
+    sal = prune.wrap(optax.sgd(0.1), prune.one_shot(0.5), prune.saliency())
     got = prune.find_masks(run(sal, 1)[-1][1])
     grads = jax.grad(loss_fn)(PARAMS, batch(0))
     want = prune.compute_masks(PARAMS, sparsity=0.5, scorer="saliency", grads=grads)
@@ -207,7 +204,7 @@ def test_random_and_saliency_scorers_in_wrap():
 
 def test_fixed_masks_keep_a_lottery_ticket_sparse():
     masks = prune.compute_masks(PARAMS, sparsity=0.8)
-    tx = prune.wrap(optax.adam(1e-2), masks=masks)
+    tx = prune.wrap(optax.adam(1e-2), None, prune.fixed(masks))
     params, opt_state = run(tx, 5, params=prune.apply_masks(PARAMS, masks))[-1]
     for m, w in zip(jax.tree.leaves(masks), jax.tree.leaves(params), strict=True):
         assert np.all(np.asarray(w)[~np.asarray(m)] == 0.0)
@@ -221,8 +218,8 @@ def test_data_parallel_sharded_step_matches_single_device():
     mesh = jax.make_mesh((8,), ("data",))
     data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    tx = prune.wrap(optax.adam(1e-2), sparsity=0.5, scope="global", begin_step=1, end_step=3,
-                    frequency=1)  # fmt: skip
+    schedule = prune.polynomial(final_sparsity=0.5, begin_step=1, end_step=3, frequency=1)
+    tx = prune.wrap(optax.adam(1e-2), schedule, prune.magnitude(scope="global"))
     step, opt_state = make_step(tx), tx.init(PARAMS)
     params = jax.device_put(PARAMS, replicated)
     sharded_state = jax.device_put(opt_state, replicated)
@@ -243,7 +240,7 @@ def test_wrap_keeps_a_layer_order_selection_given_as_rules():
     # What exclude_first/exclude_last become for wrap: the selection, passed as exact rules.
     chosen = prune.select_prunable(PARAMS, exclude_first=True, layer_order=("conv", "head"))
     rules = [(re.escape(p), v) for p, v in tree.flatten(chosen).items()]
-    tx = prune.wrap(optax.sgd(0.1), sparsity=0.5, rules=rules)
+    tx = prune.wrap(optax.sgd(0.1), prune.one_shot(0.5), prune.magnitude(), rules=rules)
     state = tx.init(PARAMS)
     _, state = jax.jit(tx.update)(jax.tree.map(jnp.ones_like, PARAMS), state, PARAMS)
     masks = prune.find_masks(state)
@@ -253,24 +250,21 @@ def test_wrap_keeps_a_layer_order_selection_given_as_rules():
 
 def test_wrap_bad_inputs():
     with pytest.raises(ValueError, match="needs the current params"):
-        tx = prune.wrap(optax.sgd(1.0), sparsity=0.5)
+        tx = prune.wrap(optax.sgd(1.0), prune.one_shot(0.5), prune.magnitude())
         tx.update(PARAMS, tx.init(PARAMS))
-    with pytest.raises(ValueError, match="not both"):
-        prune.wrap(optax.sgd(1.0), sparsity=0.5, nm=(2, 4))
-    with pytest.raises(ValueError, match="needs a target"):
-        prune.wrap(optax.sgd(1.0))
-    with pytest.raises(ValueError, match="only apply to gradual pruning"):
-        prune.wrap(optax.sgd(1.0), sparsity=0.5, frequency=10)
-    with pytest.raises(ValueError, match="would be ignored"):
-        prune.wrap(optax.sgd(1.0), sparsity=prune.one_shot(0.5), begin_step=3)
-    with pytest.raises(ValueError, match="needs a key"):
-        prune.wrap(optax.sgd(1.0), sparsity=0.5, scorer="random")
+    with pytest.raises(TypeError, match="is not a SparsitySchedule"):
+        prune.wrap(optax.sgd(1.0), 0.5, prune.magnitude())
+    with pytest.raises(TypeError, match="is not a Masker"):
+        prune.wrap(optax.sgd(1.0), prune.one_shot(0.5), "magnitude")
+    with pytest.raises(ValueError, match="prune.random needs a key"):
+        prune.random(key=None)
     with pytest.raises(ValueError, match="N=3, M=2"):
-        prune.wrap(optax.sgd(1.0), nm=(3, 2))
+        prune.nm(3, 2)
     with pytest.raises(TypeError, match="exclude_first"):  # the selection's job, not wrap's
-        prune.wrap(optax.sgd(1.0), sparsity=0.5, exclude_first=True)
+        prune.wrap(optax.sgd(1.0), prune.one_shot(0.5), prune.magnitude(), exclude_first=True)
     with pytest.raises(ValueError, match=r"rules matching no parameter: \['dense.\*'\]"):
-        prune.wrap(optax.sgd(1.0), sparsity=0.5, rules=[("dense.*", True)]).init(PARAMS)
+        tx = prune.wrap(optax.sgd(1.0), prune.one_shot(0.5), prune.magnitude(), rules=[("dense.*", True)])
+        tx.init(PARAMS)
     bad_masks = prune.dense_masks({"conv": PARAMS["conv"]})
     with pytest.raises(ValueError, match=r"missing from masks: \['head/bias', 'head/kernel'\]"):
-        prune.wrap(optax.sgd(1.0), masks=bad_masks).init(PARAMS)
+        prune.wrap(optax.sgd(1.0), None, prune.fixed(bad_masks)).init(PARAMS)

@@ -92,18 +92,16 @@ def pruning_optimizer(
     inner = common.build_optimizer(
         s, steps=steps, learning_rate=p.learning_rate, schedule=p.schedule
     )
-    return prune.wrap(
-        inner,
-        sparsity=sparsity,
-        scorer=scorer,
-        scope=scope,
-        distribution=distribution,
-        rules=[(re.escape(path), keep) for path, keep in chosen.items()],
-        begin_step=begin,
-        end_step=end,
-        frequency=p.frequency,
-        key=key if scorer == "random" else None,
+    maskers = {
+        "magnitude": lambda: prune.magnitude(scope=scope, distribution=distribution),
+        "random": lambda: prune.random(key=key, scope=scope, distribution=distribution),
+        "saliency": lambda: prune.saliency(scope=scope, distribution=distribution),
+    }
+    schedule = prune.polynomial(
+        final_sparsity=sparsity, begin_step=begin, end_step=end, frequency=p.frequency
     )
+    rules = [(re.escape(path), keep) for path, keep in chosen.items()]
+    return prune.wrap(inner, schedule, maskers[scorer](), rules=rules)
 
 
 class Context(NamedTuple):

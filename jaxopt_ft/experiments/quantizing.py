@@ -133,7 +133,7 @@ def qat(
         return params, batch_stats
     tx = common.build_optimizer(ctx.s, steps=q.qat_steps, learning_rate=q.learning_rate)
     if masks is not None:
-        tx = prune.wrap(tx, masks=jax.tree.map(jnp.copy, masks))  # opt_state is donated too
+        tx = prune.wrap(tx, None, prune.fixed(jax.tree.map(jnp.copy, masks)))  # state is donated
     apply_fn = quant.fake_quant_apply_fn(
         ctx.model,
         weight_bits=weight_rules(weights),

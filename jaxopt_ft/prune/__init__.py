@@ -1,9 +1,10 @@
-"""Pruning: masks, scores, sparsity schedules, an optax wrapper, N:M, structured compaction.
+"""Pruning: masks, scores, schedules x maskers in one optax wrapper (pruning, N:M, static and
+dynamic sparse training), structured compaction.
 
 Masks are bool pytrees with exactly the params' structure (True = keep). The usual flow::
 
-  tx = prune.wrap(optax.adam(1e-3), sparsity=0.9, begin_step=1000, end_step=5000,
-                  frequency=100)
+  schedule = prune.polynomial(final_sparsity=0.9, begin_step=1000, end_step=5000)
+  tx = prune.wrap(optax.adam(1e-3), schedule, prune.magnitude())
   ...train...
   params = prune.finalize(params, prune.find_masks(opt_state))
   print(prune.format_summary(prune.summary(params, prune.nonzero_masks(params))))
@@ -34,6 +35,19 @@ from jaxopt_ft.prune.export import (
     load_sparse,
     summary,
 )
+from jaxopt_ft.prune.maskers import (
+    Masker,
+    MaskInputs,
+    drop_and_grow,
+    fixed,
+    magnitude,
+    nm,
+    random,
+    rigl,
+    saliency,
+    set_,
+    static,
+)
 from jaxopt_ft.prune.masks import (
     DEFAULT_RULES,
     apply_masks,
@@ -46,6 +60,9 @@ from jaxopt_ft.prune.masks import (
 )
 from jaxopt_ft.prune.schedules import (
     SparsitySchedule,
+    check_fraction,
+    constant,
+    cosine,
     iterative_sparsities,
     lottery_round,
     one_shot,
@@ -72,6 +89,8 @@ from jaxopt_ft.prune.wrapper import (
     PruneState,
     find_masks,
     find_states,
+    replace_masks,
+    ste_masked,
     wrap,
 )
 
@@ -80,40 +99,56 @@ __all__ = [
     "DEFAULT_RULES",
     "DISTRIBUTIONS",
     "EXPORT_FORMATS",
+    "MaskInputs",
+    "Masker",
     "NORMS",
     "PruneState",
     "SCOPES",
     "SCORERS",
     "SparsitySchedule",
     "apply_masks",
+    "check_fraction",
     "check_masks",
     "check_scope",
     "check_sparsity",
     "compact",
     "compute_masks",
+    "constant",
+    "cosine",
     "dense_masks",
+    "drop_and_grow",
     "export_sparse",
     "finalize",
     "find_masks",
     "find_states",
+    "fixed",
     "format_summary",
     "iterative_sparsities",
     "layer_densities",
     "load_sparse",
     "lottery_round",
+    "magnitude",
     "magnitude_scores",
     "mask_sparsity",
     "masks_from_scores",
+    "nm",
     "nm_masks",
     "nonzero_masks",
     "num_removed",
     "one_shot",
     "polynomial",
     "prunable_paths",
+    "random",
     "random_scores",
+    "replace_masks",
+    "rigl",
+    "saliency",
     "saliency_scores",
     "select_prunable",
+    "set_",
     "snip_scores",
+    "static",
+    "ste_masked",
     "structured_masks",
     "structured_sparsity",
     "summary",

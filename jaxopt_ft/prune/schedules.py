@@ -1,8 +1,10 @@
-"""Sparsity schedules (one-shot, gradual polynomial) and lottery-ticket rounds with rewinding.
+"""Sparsity schedules (one-shot, gradual polynomial, constant and cosine for dynamic sparse
+training) and lottery-ticket rounds with rewinding.
 
-A :class:`SparsitySchedule` says, for an update step ``t``, what the target sparsity is and
-whether masks are recomputed at ``t``. Both functions are jnp-traceable so :func:`prune.wrap`
-can evaluate them on its step counter inside ``jit``.
+A :class:`SparsitySchedule` says, for an update step ``t``, what the target sparsity is,
+whether masks are recomputed at ``t`` and, for dynamic sparse training (SET, RigL), which
+fraction of each layer's active weights is dropped and regrown there. Its functions are
+jnp-traceable so :func:`prune.wrap` can evaluate them on its step counter inside ``jit``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxopt_ft.prune import allocate
 from jaxopt_ft.prune import masks as masks_lib
@@ -27,11 +30,15 @@ class SparsitySchedule(NamedTuple):
       sparsity: ``step -> float32 scalar`` target sparsity.
       is_update_step: ``step -> bool scalar``: recompute masks at this step.
       final_sparsity: the sparsity reached once the schedule is done (a Python float).
+      update_fraction: ``step -> float32 scalar`` fraction of each layer's active weights
+        that dynamic sparse training drops and regrows at an update step; None for schedules
+        that only prune.
     """
 
     sparsity: Callable[[Step], jax.Array]
     is_update_step: Callable[[Step], jax.Array]
     final_sparsity: float
+    update_fraction: Callable[[Step], jax.Array] | None = None
 
 
 def _check_step(name: str, value: Any, minimum: int) -> int:
@@ -113,6 +120,88 @@ def polynomial(
     return SparsitySchedule(sparsity=sparsity, is_update_step=is_update, final_sparsity=s_f)
 
 
+def check_fraction(fraction: Any) -> float:
+    """Validates an update fraction in the open interval ``(0, 1)``.
+
+    Raises:
+      ValueError: ``fraction`` is not a number in ``(0, 1)``.
+    """
+    ok = isinstance(fraction, int | float | np.floating) and not isinstance(fraction, bool)
+    if not ok or not 0.0 < float(fraction) < 1.0:
+        raise ValueError(
+            f"update fraction={fraction!r} must be a number in (0, 1): the share of each "
+            "layer's active weights dropped and regrown per update. Fix: pass e.g. 0.3."
+        )
+    return float(fraction)
+
+
+def constant(
+    sparsity: float,
+    *,
+    frequency: int = 1,
+    begin_step: int = 0,
+    end_step: int | None = None,
+    fraction: float | None = None,
+) -> SparsitySchedule:
+    """A fixed sparsity, masks recomputed every ``frequency`` steps in ``[begin, end]``.
+
+    With ``end_step=None`` masks are computed once, at ``begin_step`` (static sparsity,
+    N:M). With ``fraction`` (SET, Mocanu et al. 2018: a constant share zeta of the weights is
+    replaced at every update) dynamic sparse training maskers drop and regrow ``fraction`` of
+    each layer's active weights at every update step.
+
+    Raises:
+      ValueError: a sparsity outside ``[0, 1)``, a fraction outside ``(0, 1)``,
+        ``frequency < 1`` or inconsistent steps.
+    """
+    s = allocate.check_sparsity(sparsity)
+    f = None if fraction is None else check_fraction(fraction)
+    is_update = update_steps(begin_step=begin_step, end_step=end_step, frequency=frequency)
+    return SparsitySchedule(
+        sparsity=lambda t: jnp.full((), s, jnp.float32),
+        is_update_step=is_update,
+        final_sparsity=s,
+        update_fraction=None if f is None else (lambda t: jnp.full((), f, jnp.float32)),
+    )
+
+
+def cosine(
+    sparsity: float,
+    *,
+    fraction: float,
+    frequency: int,
+    end_step: int,
+    begin_step: int = 0,
+) -> SparsitySchedule:
+    """RigL's schedule (Evci et al. 2020, "Rigging the Lottery", eq. 1): a fixed sparsity,
+    and every ``frequency`` steps from ``begin_step`` up to ``end_step`` a drop/regrow of
+
+    ``f(t) = fraction / 2 * (1 + cos(pi * (t - begin_step) / (end_step - begin_step)))``
+
+    of each layer's active weights (``alpha = fraction``, ``T_end = end_step``).
+
+    Raises:
+      ValueError: a sparsity outside ``[0, 1)``, a fraction outside ``(0, 1)``,
+        ``frequency < 1`` or ``end_step <= begin_step``.
+    """
+    s = allocate.check_sparsity(sparsity)
+    alpha = check_fraction(fraction)
+    is_update = update_steps(begin_step=begin_step, end_step=end_step, frequency=frequency)
+    _check_step("end_step", end_step, begin_step + 1)
+    span = end_step - begin_step
+
+    def update_fraction(step: Step) -> jax.Array:
+        t = jnp.clip(jnp.asarray(step, jnp.float32), begin_step, end_step) - begin_step
+        return jnp.asarray(alpha / 2 * (1 + jnp.cos(jnp.pi * t / span)), jnp.float32)
+
+    return SparsitySchedule(
+        sparsity=lambda t: jnp.full((), s, jnp.float32),
+        is_update_step=is_update,
+        final_sparsity=s,
+        update_fraction=update_fraction,
+    )
+
+
 def iterative_sparsities(final_sparsity: float, *, rounds: int) -> list[float]:
     """Per-round targets for iterative magnitude pruning: ``1 - (1 - s_f) ** (r / rounds)``.
 
@@ -150,8 +239,9 @@ def lottery_round(
       prunable: bool pytree from :func:`select_prunable`; default kernels with ndim >= 2.
 
     Returns:
-      ``(rewound_params, next_masks)``: retrain the rewound params with
-      ``prune.wrap(tx, masks=next_masks)``, which keeps the pruned weights at zero.
+      ``(rewound_params, next_masks)``: retrain the rewound params under
+      ``prune.wrap(tx, None, prune.fixed())`` with the masks put in its state by
+      :func:`prune.replace_masks` (one compiled step for every round).
 
     Raises:
       ValueError: mismatched trees or invalid options.

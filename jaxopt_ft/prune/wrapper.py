@@ -1,11 +1,13 @@
-"""``prune.wrap``: an optax wrapper that prunes on a schedule and keeps pruned weights at zero.
+"""``prune.wrap(inner, schedule, masker)``: an optax wrapper that updates masks on a schedule
+and keeps masked weights at zero.
 
 The wrapper's state (:class:`PruneState`) holds the masks and a step counter next to the inner
 optimizer's state, so checkpoints and shardings carry the masks with the rest of ``opt_state``.
 Each update:
 
-1. on a schedule step (``lax.cond``, static shapes) recomputes the masks from the current
-   params (and the incoming gradient for saliency), never reviving a pruned weight;
+1. on a schedule step (``lax.cond``, static shapes) asks the masker for new masks from the
+   current params and the incoming (dense) gradient: pruners never revive a weight, dynamic
+   sparse training (SET, RigL) drops and regrows at a constant count per layer;
 2. zeros the gradients of pruned weights before the inner optimizer sees them, so momentum
    and Adam moments do not build up there;
 3. returns ``where(mask, inner_updates, -params)``, so ``optax.apply_updates`` leaves every
@@ -24,9 +26,8 @@ import jax.numpy as jnp
 import optax
 
 from jaxopt_ft import tree
-from jaxopt_ft.prune import allocate, schedules
+from jaxopt_ft.prune import maskers, schedules
 from jaxopt_ft.prune import masks as masks_lib
-from jaxopt_ft.prune import scores as scores_lib
 
 PyTree = Any
 
@@ -45,207 +46,123 @@ class PruneState(NamedTuple):
     inner_state: optax.OptState
 
 
-def _resolve_schedule(
-    sparsity: Any,
-    nm: Any,
-    masks: Any,
-    begin_step: int | None,
-    end_step: int | None,
-    frequency: int | None,
-    initial_sparsity: float | None,
-) -> schedules.SparsitySchedule | None:
-    """Turns wrap's keyword arguments into a schedule (None = masks never change)."""
-    if sparsity is not None and nm is not None:
+def _is_placeholder(params: PyTree) -> bool:
+    # optax.tree_utils.tree_map_params initializes with a leafless pytree node standing for
+    # the params, to find the param-shaped parts of a state; the masks are one of them.
+    return not jax.tree.leaves(params) and not isinstance(params, dict | list | tuple)
+
+
+def _check_pair(schedule: Any, masker: Any) -> None:
+    if schedule is not None and not isinstance(schedule, schedules.SparsitySchedule):
+        raise TypeError(
+            f"prune.wrap: schedule={schedule!r} is not a SparsitySchedule. Fix: pass "
+            "prune.one_shot(...), prune.polynomial(...), prune.constant(...), "
+            "prune.cosine(...) or None (masks never recomputed)."
+        )
+    if not isinstance(masker, maskers.Masker):
+        raise TypeError(
+            f"prune.wrap: masker={masker!r} is not a Masker. Fix: pass prune.magnitude(), "
+            "prune.random(key=...), prune.saliency(), prune.nm(n, m), prune.fixed(...), "
+            "prune.static(key=...), prune.set_(key=...) or prune.rigl(key=...)."
+        )
+    if masker.needs_fraction and (schedule is None or schedule.update_fraction is None):
         raise ValueError(
-            f"prune.wrap: pass sparsity (unstructured) or nm (N:M), not both; got "
-            f"sparsity={sparsity!r}, nm={nm!r}. Fix: drop one of them."
+            "prune.wrap: dynamic sparse training (set_, rigl) drops and regrows a fraction of "
+            "each layer per update, and this schedule gives none. Fix: pass "
+            "prune.cosine(sparsity, fraction=0.3, frequency=100, end_step=...) or "
+            "prune.constant(sparsity, fraction=0.3, frequency=100, end_step=...)."
         )
-    if isinstance(sparsity, schedules.SparsitySchedule):
-        given = {
-            "begin_step": begin_step,
-            "end_step": end_step,
-            "frequency": frequency,
-            "initial_sparsity": initial_sparsity,
-        }
-        given = {k: v for k, v in given.items() if v is not None}
-        if given:
-            raise ValueError(
-                f"prune.wrap: {given} would be ignored because sparsity is already a "
-                "SparsitySchedule that fixes its own steps. Fix: set them in the schedule "
-                "(prune.polynomial(...)) or pass sparsity as a float."
-            )
-        return sparsity
-    begin = 0 if begin_step is None else begin_step
-    if sparsity is None and nm is None:
-        if masks is None:
-            raise ValueError(
-                "prune.wrap needs a target: sparsity=<float in [0, 1)> or a schedule "
-                "(prune.polynomial(...)), nm=(n, m), or fixed masks=<bool pytree>. "
-                "Fix: pass one of them."
-            )
-        return None
-    if end_step is None:
-        if frequency is not None or initial_sparsity is not None:
-            raise ValueError(
-                f"prune.wrap: frequency={frequency!r} / initial_sparsity={initial_sparsity!r} "
-                "only apply to gradual pruning. Fix: also pass end_step=<last pruning step>, "
-                "or drop them for one-shot pruning at begin_step."
-            )
-        if nm is not None:
-            allocate._unpack_nm(nm)
-            return schedules.SparsitySchedule(
-                sparsity=lambda t: jnp.full((), 1.0 - nm[0] / nm[1], jnp.float32),
-                is_update_step=schedules.update_steps(begin_step=begin, end_step=None),
-                final_sparsity=1.0 - nm[0] / nm[1],
-            )
-        return schedules.one_shot(sparsity, step=begin)
-    freq = 100 if frequency is None else frequency
-    if nm is not None:
-        allocate._unpack_nm(nm)
-        return schedules.SparsitySchedule(
-            sparsity=lambda t: jnp.full((), 1.0 - nm[0] / nm[1], jnp.float32),
-            is_update_step=schedules.update_steps(
-                begin_step=begin, end_step=end_step, frequency=freq
-            ),
-            final_sparsity=1.0 - nm[0] / nm[1],
+    if masker.needs_fraction and not 0.0 < schedule.final_sparsity:
+        raise ValueError(
+            "prune.wrap: dynamic sparse training needs a sparsity > 0 (nothing to regrow at "
+            "0). Fix: pass e.g. prune.cosine(0.9, ...)."
         )
-    return schedules.polynomial(
-        final_sparsity=sparsity,
-        begin_step=begin,
-        end_step=end_step,
-        frequency=freq,
-        initial_sparsity=0.0 if initial_sparsity is None else initial_sparsity,
-    )
 
 
 def wrap(
     inner: optax.GradientTransformation,
+    schedule: schedules.SparsitySchedule | None,
+    masker: maskers.Masker,
     *,
-    sparsity: float | schedules.SparsitySchedule | None = None,
-    nm: tuple[int, int] | None = None,
-    masks: PyTree | None = None,
-    scorer: Any = "magnitude",
-    scope: str = "layer",
-    distribution: str = "uniform",
     rules: tree.Rules | None = None,
-    begin_step: int | None = None,
-    end_step: int | None = None,
-    frequency: int | None = None,
-    initial_sparsity: float | None = None,
-    key: jax.Array | None = None,
+    ste: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-    """Prunes the params ``inner`` optimizes, on a schedule, keeping pruned weights at 0.
+    """Prunes the params ``inner`` optimizes: ``schedule`` says when, ``masker`` says which.
 
-    (Long because it resolves four mutually exclusive targets; the planned schedule x masker
-    composition replaces it.) To keep the first or last layer dense, select with
-    :func:`select_prunable` (``exclude_first=True, layer_order=model.layer_order()``) and pass
-    that selection as ``rules`` (see the example below).
+    Examples::
 
-    Targets (pick one):
+      prune.wrap(tx, prune.polynomial(final_sparsity=0.9, begin_step=1000, end_step=5000),
+                 prune.magnitude())                      # gradual (Zhu & Gupta)
+      prune.wrap(tx, prune.one_shot(0.5), prune.nm(2, 4))   # N:M at the first update
+      prune.wrap(tx, None, prune.fixed(ticket))           # fixed masks (lottery ticket)
+      prune.wrap(tx, prune.constant(0.9), prune.static(key=k))   # static sparse from init
+      prune.wrap(tx, prune.cosine(0.9, fraction=0.3, frequency=100, end_step=7500),
+                 prune.rigl(key=k))                      # RigL; prune.set_ for SET
 
-    - ``sparsity=0.9``: one-shot at ``begin_step`` (default 0); with ``end_step`` gradual
-      polynomial pruning (Zhu & Gupta) from ``initial_sparsity`` (default 0) at
-      ``begin_step`` to 0.9 at ``end_step``, masks recomputed every ``frequency`` steps
-      (default 100) and at ``end_step``;
-    - ``sparsity=prune.polynomial(...)`` or any :class:`SparsitySchedule`;
-    - ``nm=(2, 4)``: N:M masks at ``begin_step`` (every ``frequency`` steps up to
-      ``end_step`` when given);
-    - ``masks=...`` alone: fixed masks (e.g. a lottery ticket); with a target they are the
-      starting masks instead of all-True.
+    Sparse-from-scratch maskers (``static``, ``set_``, ``rigl``) draw their masks at
+    ``init``; zero the initial params with ``prune.apply_masks(params,
+    prune.find_masks(opt_state))`` so the first forward is sparse too. On a dynamic sparse
+    update step, weights that become active start at zero and their optimizer moments are
+    reset (``optax.tree_utils.tree_map_params`` over ``inner``'s state).
+
+    With ``ste=True`` (straight-through pruning) the masks are recomputed from the dense
+    weights at every update step without sticking, the weights stay dense and every update
+    reaches them; the forward pass uses :func:`ste_masked` params.
 
     Args:
       inner: the optimizer to wrap (e.g. ``optax.adam(1e-3)`` or a whole chain).
-      sparsity: target sparsity or schedule, see above.
-      nm: ``(n, m)`` for N:M sparsity along kernel input axes.
-      masks: fixed or initial masks (bool pytree, the params' structure).
-      scorer: ``"magnitude"``, ``"random"`` (needs ``key``), ``"saliency"`` (``|w * g|`` with
-        the incoming updates as ``g``: put ``wrap`` where it sees raw gradients) or a
-        callable ``(params, grads, key) -> scores``.
-      scope: ``"layer"`` or ``"global"``.
-      distribution: ``"uniform"`` or ``"erk"`` (layer scope).
-      rules: prunable rules ``[(regex, bool)]``; default kernels with ndim >= 2.
-      begin_step: first pruning step (update count).
-      end_step: last pruning step for gradual pruning.
-      frequency: steps between mask updates.
-      initial_sparsity: sparsity at ``begin_step`` for gradual pruning.
-      key: PRNG key for the random scorer; step ``t`` uses ``fold_in(key, t)``.
+      schedule: a :class:`SparsitySchedule`, or None when the masks never change.
+      masker: a :class:`Masker` (``prune.magnitude()``, ``prune.rigl(key=...)``, ...).
+      rules: prunable rules ``[(regex, bool)]``; default kernels with ndim >= 2. To keep the
+        first or last layer dense pass the :func:`select_prunable` selection as exact rules.
+      ste: straight-through pruning, see above.
 
     Returns:
       A GradientTransformation whose ``update`` requires ``params`` and whose state is a
       :class:`PruneState` (find it in any opt_state with :func:`find_masks`).
 
     Raises:
-      ValueError: inconsistent or invalid options (at construction), rules matching no
-        parameter or mismatched ``masks`` (at ``init``), ``params=None`` (at ``update``).
-
-    Example::
-
-      chosen = prune.select_prunable(params, exclude_first=True,
-                                     layer_order=model.layer_order())
-      rules = [(re.escape(p), v) for p, v in tree.flatten(chosen).items()]
-      tx = prune.wrap(optax.adam(1e-3), sparsity=0.9, begin_step=1000, end_step=5000,
-                      frequency=100, rules=rules)
-      opt_state = tx.init(params)
-      updates, opt_state = tx.update(grads, opt_state, params)
+      TypeError: ``schedule`` or ``masker`` of the wrong type.
+      ValueError: a dynamic sparse masker without an update fraction, rules matching no
+        parameter (at ``init``), ``params=None`` (at ``update``).
     """
+    _check_pair(schedule, masker)
     inner = optax.with_extra_args_support(inner)
-    schedule = _resolve_schedule(
-        sparsity, nm, masks, begin_step, end_step, frequency, initial_sparsity
-    )
-    scores_lib.check_scorer(scorer)
-    allocate.check_scope(scope, distribution)
-    if scorer == "random" and key is None and schedule is not None:
-        raise ValueError(
-            "prune.wrap(scorer='random') needs a key. Fix: pass key=jax.random.key(seed)."
-        )
-    nm_pair = None if nm is None else allocate._unpack_nm(nm)
-
-    def prunable_of(params: PyTree) -> PyTree:
-        return masks_lib.select_prunable(params, rules)
+    final = 0.0 if schedule is None else schedule.final_sparsity
 
     def init_fn(params: PyTree) -> PruneState:
         count = jnp.zeros([], jnp.int32)
-        if type(params).__name__ == "_ParamsPlaceholder":
-            # optax.tree_utils.tree_map_params initializes with a placeholder to find the
-            # param-shaped parts of the state; the masks are one of them.
+        if _is_placeholder(params):
             return PruneState(count=count, masks=params, inner_state=inner.init(params))
-        prunable_of(params)
-        if masks is None:
-            start = masks_lib.dense_masks(params)
-        else:
-            masks_lib.check_masks(params, masks)
-            flat = {p: jnp.asarray(m, jnp.bool_) for p, m in tree.flatten(masks).items()}
-            start = tree.unflatten_like(params, flat)
+        prunable = masks_lib.select_prunable(params, rules)
+        start = masker.init(params, prunable, final)
         return PruneState(count=count, masks=start, inner_state=inner.init(params))
 
-    def scheduled_masks(scores: PyTree, prunable: PyTree, step: jax.Array) -> PyTree:
-        sparsity = schedule.sparsity(step)
-        flat = tree.flatten(scores)
-        shapes = [jnp.shape(flat[p]) for p in masks_lib.prunable_paths(prunable)]
-        kw = {"scope": scope, "distribution": distribution}
-        # The traced sparsity is float32, whose product with a size can round to the other
-        # side of a half; at the final sparsity use the host's exact counts instead.
-        final = allocate._counts(shapes, schedule.final_sparsity, **kw)
-        now = allocate._counts(shapes, sparsity, **kw)
-        at_final = sparsity == jnp.float32(schedule.final_sparsity)
-        counts = [jnp.where(at_final, a, b) for a, b in zip(final, now, strict=True)]
-        return allocate._masks_from_counts(scores, counts, prunable=prunable, scope=scope)
-
-    def recompute(params: PyTree, grads: PyTree, state: PruneState) -> PyTree:
-        prunable = prunable_of(params)
-        step_key = None if key is None else jax.random.fold_in(key, state.count)
-        s = scores_lib.score(scorer, params, grads=grads, key=step_key)
-        old = tree.flatten(state.masks)
-        if nm_pair is not None:
-            new = allocate.nm_masks(s, n=nm_pair[0], m=nm_pair[1], prunable=prunable)
-        else:
-            # Pruned weights score -inf so masks only shrink while sparsity grows.
-            s = tree.map_with_path(lambda p, x: jnp.where(old[p], x, -jnp.inf), s)
-            new = scheduled_masks(s, prunable, state.count)
-        new_flat = tree.flatten(new)
-        chosen = set(masks_lib.prunable_paths(prunable))
-        flat = {p: new_flat[p] if p in chosen else old[p] for p in old}
-        return tree.unflatten_like(state.masks, flat)
+    def recompute(params: PyTree, grads: PyTree, state: PruneState) -> tuple[PyTree, Any]:
+        step = state.count
+        old = masks_lib.dense_masks(params) if ste else state.masks
+        x = maskers.MaskInputs(
+            masks=old,
+            params=params,
+            grads=grads,
+            prunable=masks_lib.select_prunable(params, rules),
+            sparsity=schedule.sparsity(step),
+            final_sparsity=schedule.final_sparsity,
+            fraction=None if schedule.update_fraction is None else schedule.update_fraction(step),
+            key=None if masker.key is None else jax.random.fold_in(masker.key, step),
+        )
+        new = masker.update(x)
+        if not masker.regrows:
+            return new, state.inner_state
+        grown = jax.tree.map(lambda n, o: n & ~o, new, state.masks)
+        inner_state = optax.tree_utils.tree_map_params(
+            inner,
+            lambda v, g: jnp.where(g, jnp.zeros((), v.dtype), v),
+            state.inner_state,
+            grown,
+            transform_non_params=lambda v: v,
+        )
+        return new, inner_state
 
     def update_fn(
         updates: PyTree, state: PruneState, params: PyTree | None = None, **extra_args: Any
@@ -257,25 +174,66 @@ def wrap(
             )
         masks_lib.check_masks(params, state.masks, what="pruning masks in opt_state")
         if schedule is None:
-            new_masks = state.masks
+            new_masks, inner_state = state.masks, state.inner_state
         else:
-            new_masks = jax.lax.cond(
+            new_masks, inner_state = jax.lax.cond(
                 schedule.is_update_step(state.count),
                 lambda: recompute(params, updates, state),
-                lambda: state.masks,
+                lambda: (state.masks, state.inner_state),
             )
-        m_flat, p_flat = tree.flatten(new_masks), tree.flatten(params)
-        grads = tree.map_with_path(
-            lambda p, g: jnp.where(m_flat[p], g, jnp.zeros((), g.dtype)), updates
-        )
-        inner_updates, inner_state = inner.update(grads, state.inner_state, params, **extra_args)
-        out = tree.map_with_path(
-            lambda p, u: jnp.where(m_flat[p], u, -p_flat[p].astype(u.dtype)), inner_updates
-        )
         count = optax.safe_int32_increment(state.count)
+        if ste:
+            inner_updates, inner_state = inner.update(updates, inner_state, params, **extra_args)
+            return inner_updates, PruneState(count=count, masks=new_masks, inner_state=inner_state)
+        # Weights that just became active (dynamic sparse training) start at zero: no
+        # gradient reaches the inner optimizer there on this step and their update is 0.
+        moving = jax.tree.map(lambda n, o: n & o, new_masks, state.masks)
+        if not masker.regrows:
+            moving = new_masks
+        mv, nw, pf = tree.flatten(moving), tree.flatten(new_masks), tree.flatten(params)
+        zero = lambda x: jnp.zeros((), x.dtype)
+        grads = tree.map_with_path(lambda p, g: jnp.where(mv[p], g, zero(g)), updates)
+        inner_updates, inner_state = inner.update(grads, inner_state, params, **extra_args)
+        out = tree.map_with_path(
+            lambda p, u: jnp.where(mv[p], u, jnp.where(nw[p], zero(u), -pf[p].astype(u.dtype))),
+            inner_updates,
+        )
         return out, PruneState(count=count, masks=new_masks, inner_state=inner_state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def ste_masked(params: PyTree, masks: PyTree) -> PyTree:
+    """Straight-through masked params: the forward sees ``where(mask, w, 0)``, the gradient
+    flows to every dense weight as if unmasked (Bengio et al. 2013's estimator as used for
+    sparse training by Zhou et al. 2021, "Learning N:M fine-grained structured sparse
+    neural networks from scratch").
+    """
+    flat = tree.flatten(masks)
+
+    def one(p: str, w: jax.Array) -> jax.Array:
+        masked = jnp.where(flat[p], w, jnp.zeros((), w.dtype))
+        return w + jax.lax.stop_gradient(masked - w)
+
+    return tree.map_with_path(one, params)
+
+
+def replace_masks(opt_state: optax.OptState, masks: PyTree) -> optax.OptState:
+    """``opt_state`` with the masks of its single :func:`wrap` state replaced by ``masks``.
+
+    The masks are state, not part of the compiled step, so a new set (each lottery round)
+    reuses the compiled train step.
+
+    Raises:
+      ValueError: no or several ``wrap`` states, or ``masks`` not matching the old masks.
+    """
+    old = find_masks(opt_state)
+    masks_lib.check_masks(old, masks)
+    new = jax.tree.map(lambda m: jnp.asarray(m, jnp.bool_), masks)
+    new = tree.unflatten_like(old, tree.flatten(new))
+    is_state = lambda x: isinstance(x, PruneState)
+    swap = lambda x: x._replace(masks=new) if is_state(x) else x
+    return jax.tree.map(swap, opt_state, is_leaf=is_state)
 
 
 def find_states(opt_state: optax.OptState) -> list[PruneState]:
