@@ -131,7 +131,9 @@ def test_masks_change_only_on_schedule_steps_and_only_shrink():
 
 
 def test_inner_momentum_stays_zero_at_pruned_weights():
-    tx = prune.wrap(optax.adam(1e-2), prune.one_shot(0.5), prune.magnitude())  # one-shot at the first update
+    tx = prune.wrap(
+        optax.adam(1e-2), prune.one_shot(0.5), prune.magnitude()
+    )  # one-shot at the first update
     params, opt_state = run(tx, 5)[-1]
     masks = prune.find_masks(opt_state)
     adam = prune.find_states(opt_state)[0].inner_state[0]
@@ -142,7 +144,10 @@ def test_inner_momentum_stays_zero_at_pruned_weights():
 
 
 def test_find_masks_inside_a_chain():
-    tx = optax.chain(optax.clip_by_global_norm(1.0), prune.wrap(optax.adam(1e-2), prune.one_shot(0.5), prune.magnitude()))
+    tx = optax.chain(
+        optax.clip_by_global_norm(1.0),
+        prune.wrap(optax.adam(1e-2), prune.one_shot(0.5), prune.magnitude()),
+    )
     params, opt_state = run(tx, 3)[-1]
     masks = prune.find_masks(opt_state)
     assert prune.mask_sparsity(masks, prune.select_prunable(params)) == pytest.approx(0.5)
@@ -151,7 +156,9 @@ def test_find_masks_inside_a_chain():
 
 
 def test_tree_map_params_sees_masks_as_param_shaped():
-    tx = optax.chain(optax.clip(1.0), prune.wrap(optax.adam(1e-2), prune.one_shot(0.5), prune.magnitude()))
+    tx = optax.chain(
+        optax.clip(1.0), prune.wrap(optax.adam(1e-2), prune.one_shot(0.5), prune.magnitude())
+    )
     state = tx.init(PARAMS)
     shapes = optax.tree_utils.tree_map_params(
         tx, lambda x: "param-shaped", state, transform_non_params=lambda _: "other"
@@ -263,7 +270,9 @@ def test_wrap_bad_inputs():
     with pytest.raises(TypeError, match="exclude_first"):  # the selection's job, not wrap's
         prune.wrap(optax.sgd(1.0), prune.one_shot(0.5), prune.magnitude(), exclude_first=True)
     with pytest.raises(ValueError, match=r"rules matching no parameter: \['dense.\*'\]"):
-        tx = prune.wrap(optax.sgd(1.0), prune.one_shot(0.5), prune.magnitude(), rules=[("dense.*", True)])
+        tx = prune.wrap(
+            optax.sgd(1.0), prune.one_shot(0.5), prune.magnitude(), rules=[("dense.*", True)]
+        )
         tx.init(PARAMS)
     bad_masks = prune.dense_masks({"conv": PARAMS["conv"]})
     with pytest.raises(ValueError, match=r"missing from masks: \['head/bias', 'head/kernel'\]"):
