@@ -27,10 +27,10 @@ def batch(i):
     return jax.random.normal(jax.random.fold_in(KEY, i), (16, 3, 4))
 
 
-def make_step(tx, forward=lambda p, s: p):
+def make_step(tx):
     @jax.jit
     def step(params, opt_state, x):
-        grads = jax.grad(lambda p: loss_fn(forward(p, opt_state), x))(params)
+        grads = jax.grad(loss_fn)(params, x)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, grads
 
@@ -159,30 +159,26 @@ def test_static_mask_is_random_erk_and_never_changes():
 
 
 def test_ste_forward_is_masked_while_dense_weights_move():
-    sched = prune.constant(0.5, frequency=1, end_step=100)
-    tx = prune.wrap(optax.sgd(0.1), sched, prune.magnitude(), ste=True)
-    opt_state = tx.init(PARAMS)
-    forward = lambda p, s: prune.ste_masked(p, prune.find_masks(s))
-    params = PARAMS
-    step = make_step(tx, forward)
-    for i in range(3):
-        masks = prune.find_masks(opt_state)
-        x = batch(i)
-        masked = prune.apply_masks(params, masks)
-        np.testing.assert_allclose(
-            loss_fn(prune.ste_masked(params, masks), x), loss_fn(masked, x), rtol=1e-6
+    apply = prune.ste_apply_fn(lambda v, x: loss_fn(v["params"], x), sparsity=0.5)
+    step = jax.jit(
+        lambda p, x: optax.apply_updates(
+            p, jax.tree.map(lambda g: -0.1 * g, jax.grad(lambda q: apply({"params": q}, x))(p))
         )
-        # The gradient reaching the dense weights is the masked forward's, unmasked.
-        want = jax.grad(loss_fn)(masked, x)
-        new_params, opt_state, grads = step(params, opt_state, x)
-        if i:
-            for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want), strict=True):
-                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-            pruned = ~np.asarray(masks["head"]["kernel"])
-            moved = np.asarray(new_params["head"]["kernel"] != params["head"]["kernel"])
-            assert np.any(moved[pruned])  # pruned weights keep training
-        params = new_params
-    assert prune.mask_sparsity(prune.find_masks(opt_state), prune.select_prunable(PARAMS)) == 0.5
+    )
+    params = PARAMS
+    for i in range(3):
+        x = batch(i)
+        masks = prune.compute_masks(params, sparsity=0.5)  # top-k of the current weights
+        masked = prune.apply_masks(params, masks)
+        np.testing.assert_allclose(apply({"params": params}, x), loss_fn(masked, x), rtol=1e-6)
+        # The dense weights move by the masked forward's gradient, pruned ones included.
+        want = jax.tree.map(lambda w, g: w - 0.1 * g, params, jax.grad(loss_fn)(masked, x))
+        new = step(params, x)
+        for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        pruned = ~np.asarray(masks["head"]["kernel"])
+        assert np.all(np.asarray(new["head"]["kernel"] != params["head"]["kernel"])[pruned])
+        params = new
 
 
 @pytest.mark.parametrize(

@@ -76,6 +76,10 @@ from jaxopt_ft.prune.scores import (
     saliency_scores,
     snip_scores,
 )
+from jaxopt_ft.prune.ste import (
+    ste_apply_fn,
+    ste_masked,
+)
 from jaxopt_ft.prune.structured import (
     NORMS,
     Compacted,
@@ -90,7 +94,6 @@ from jaxopt_ft.prune.wrapper import (
     find_masks,
     find_states,
     replace_masks,
-    ste_masked,
     wrap,
 )
 
@@ -148,6 +151,7 @@ __all__ = [
     "set_",
     "snip_scores",
     "static",
+    "ste_apply_fn",
     "ste_masked",
     "structured_masks",
     "structured_sparsity",

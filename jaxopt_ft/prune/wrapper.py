@@ -85,7 +85,6 @@ def wrap(
     masker: maskers.Masker,
     *,
     rules: tree.Rules | None = None,
-    ste: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Prunes the params ``inner`` optimizes: ``schedule`` says when, ``masker`` says which.
 
@@ -105,17 +104,12 @@ def wrap(
     update step, weights that become active start at zero and their optimizer moments are
     reset (``optax.tree_utils.tree_map_params`` over ``inner``'s state).
 
-    With ``ste=True`` (straight-through pruning) the masks are recomputed from the dense
-    weights at every update step without sticking, the weights stay dense and every update
-    reaches them; the forward pass uses :func:`ste_masked` params.
-
     Args:
       inner: the optimizer to wrap (e.g. ``optax.adam(1e-3)`` or a whole chain).
       schedule: a :class:`SparsitySchedule`, or None when the masks never change.
       masker: a :class:`Masker` (``prune.magnitude()``, ``prune.rigl(key=...)``, ...).
       rules: prunable rules ``[(regex, bool)]``; default kernels with ndim >= 2. To keep the
         first or last layer dense pass the :func:`select_prunable` selection as exact rules.
-      ste: straight-through pruning, see above.
 
     Returns:
       A GradientTransformation whose ``update`` requires ``params`` and whose state is a
@@ -140,9 +134,8 @@ def wrap(
 
     def recompute(params: PyTree, grads: PyTree, state: PruneState) -> tuple[PyTree, Any]:
         step = state.count
-        old = masks_lib.dense_masks(params) if ste else state.masks
         x = maskers.MaskInputs(
-            masks=old,
+            masks=state.masks,
             params=params,
             grads=grads,
             prunable=masks_lib.select_prunable(params, rules),
@@ -182,9 +175,6 @@ def wrap(
                 lambda: (state.masks, state.inner_state),
             )
         count = optax.safe_int32_increment(state.count)
-        if ste:
-            inner_updates, inner_state = inner.update(updates, inner_state, params, **extra_args)
-            return inner_updates, PruneState(count=count, masks=new_masks, inner_state=inner_state)
         # Weights that just became active (dynamic sparse training) start at zero: no
         # gradient reaches the inner optimizer there on this step and their update is 0.
         moving = jax.tree.map(lambda n, o: n & o, new_masks, state.masks)
@@ -201,21 +191,6 @@ def wrap(
         return out, PruneState(count=count, masks=new_masks, inner_state=inner_state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def ste_masked(params: PyTree, masks: PyTree) -> PyTree:
-    """Straight-through masked params: the forward sees ``where(mask, w, 0)``, the gradient
-    flows to every dense weight as if unmasked (Bengio et al. 2013's estimator as used for
-    sparse training by Zhou et al. 2021, "Learning N:M fine-grained structured sparse
-    neural networks from scratch").
-    """
-    flat = tree.flatten(masks)
-
-    def one(p: str, w: jax.Array) -> jax.Array:
-        masked = jnp.where(flat[p], w, jnp.zeros((), w.dtype))
-        return w + jax.lax.stop_gradient(masked - w)
-
-    return tree.map_with_path(one, params)
 
 
 def replace_masks(opt_state: optax.OptState, masks: PyTree) -> optax.OptState:
