@@ -20,6 +20,7 @@ REGISTRY: dict[str, str] = {
     "train": "jaxopt_ft.experiments.train",
     "compress": "jaxopt_ft.experiments.compress",
     "sparsity_sweep": "jaxopt_ft.experiments.sparsity_sweep",
+    "sparse_training": "jaxopt_ft.experiments.sparse_training",
     "bits_sweep": "jaxopt_ft.experiments.bits_sweep",
     "sweep": "jaxopt_ft.experiments.sweep",
     "augment": "jaxopt_ft.experiments.augment",

@@ -135,13 +135,15 @@ class Context(NamedTuple):
     deployed: dict[str, tuple[Forward, PyTree]]
 
 
-def make_context(s, workdir: str, *, progress: bool) -> Context:
-    """Loads the data and builds the model."""
+def make_context(s, workdir: str, *, progress: bool, prune_section: Any = None) -> Context:
+    """Loads the data and builds the model; the prunable selection is that of
+    ``prune_section`` (default ``s.prune``)."""
     train_ds = common.load_split(s, "train")
     test_ds = common.load_split(s, "test")
     model = common.build_model(s, num_classes=train_ds.num_classes)
     params = abstract_params(model, train_ds.x)
-    chosen = tree_lib.flatten(prunable(s.prune, model, params))
+    section = s.prune if prune_section is None else prune_section
+    chosen = tree_lib.flatten(prunable(section, model, params))
     paths = tuple(p for p, keep in chosen.items() if keep)
     flat = tree_lib.flatten(params)
     names = ("init", "dense", "prune", "scores", "structured")

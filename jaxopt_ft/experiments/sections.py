@@ -72,6 +72,40 @@ class Prune(PruneSchedule):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class SparseTraining:
+    """``sparse_training``: every method trains from the same initialisation for train.steps."""
+
+    rules: tuple = setting(
+        (), f.rules(f.boolean()), "((regex, bool), ...) prunable params; () = kernels"
+    )
+    exclude_first: bool = setting(True, f.boolean(), "keep the first layer dense")
+    exclude_last: bool = setting(False, f.boolean(), "keep the last layer dense")
+    methods: tuple = setting(
+        ("dense", "gradual", "static", "set", "rigl", "ste"),
+        f.sequence(f.choice(f.lazy("jaxopt_ft.experiments.sparse_training", "METHODS"))),
+        "training methods",
+    )
+    sparsities: tuple = setting((0.8, 0.9, 0.95), f.sequence(f.SPARSITY), "targets")
+    distribution: str = setting(
+        "erk", f.choice(f.lazy("jaxopt_ft.prune", "DISTRIBUTIONS")), "per-layer sparsities"
+    )
+    fraction: float = setting(
+        0.3, f.number(0.0, 1.0, low_open=True, high_open=True), "SET/RigL drop/regrow fraction"
+    )
+    frequency: int = setting(100, f.integer(1), "steps between mask updates")
+    update_end_fraction: float = setting(0.75, f.FRACTION, "SET/RigL stop updating here")
+    begin_fraction: float = setting(0.0, f.FRACTION, "gradual pruning starts here")
+    end_fraction: float = setting(0.5, f.FRACTION, "and reaches its target here")
+
+    def check(self, key) -> None:
+        if self.begin_fraction > self.end_fraction:
+            raise ValueError(
+                f"{key('begin_fraction')}={self.begin_fraction} must not exceed "
+                f"{key('end_fraction')}={self.end_fraction}; pruning starts before it ends."
+            )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Quant:
     """Quantized rows: PTQ, weights-only, QAT (and pruned + QAT)."""
 

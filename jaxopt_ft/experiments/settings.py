@@ -24,6 +24,7 @@ from jaxopt_ft.experiments.sections import (
     PruneSchedule,
     Quant,
     RecipeSweep,
+    SparseTraining,
     SparsitySweep,
     Subset,
     Transfer,
@@ -175,6 +176,12 @@ class SparsitySweepSettings(Common):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class SparseTrainingSettings(Common):
+    experiment: str = setting("sparse_training", f.text(), "experiment kind")
+    sparse: SparseTraining = section(SparseTraining)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class BitsSweepSettings(Common):
     experiment: str = setting("bits_sweep", f.text(), "experiment kind")
     quant: Quant = section(Quant)
@@ -210,6 +217,7 @@ SETTINGS: dict[str, type] = {
     "train": TrainSettings,
     "compress": CompressSettings,
     "sparsity_sweep": SparsitySweepSettings,
+    "sparse_training": SparseTrainingSettings,
     "bits_sweep": BitsSweepSettings,
     "sweep": SweepSettings,
     "augment": AugmentSettings,

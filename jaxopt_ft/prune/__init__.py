@@ -35,6 +35,11 @@ from jaxopt_ft.prune.export import (
     load_sparse,
     summary,
 )
+from jaxopt_ft.prune.flops import (
+    forward_flops,
+    kernel_uses,
+    step_flops,
+)
 from jaxopt_ft.prune.maskers import (
     Masker,
     MaskInputs,
@@ -126,7 +131,9 @@ __all__ = [
     "find_states",
     "fixed",
     "format_summary",
+    "forward_flops",
     "iterative_sparsities",
+    "kernel_uses",
     "layer_densities",
     "load_sparse",
     "lottery_round",
@@ -153,6 +160,7 @@ __all__ = [
     "static",
     "ste_apply_fn",
     "ste_masked",
+    "step_flops",
     "structured_masks",
     "structured_sparsity",
     "summary",
