@@ -277,3 +277,23 @@ def test_wrap_bad_inputs():
     bad_masks = prune.dense_masks({"conv": PARAMS["conv"]})
     with pytest.raises(ValueError, match=r"missing from masks: \['head/bias', 'head/kernel'\]"):
         prune.wrap(optax.sgd(1.0), None, prune.fixed(bad_masks)).init(PARAMS)
+
+
+def test_replace_masks_reuses_the_compiled_step():
+    # Lottery rounds: one wrap, one compiled step; each round's masks go into the state.
+    tx = prune.wrap(optax.sgd(0.1), None, prune.fixed())
+    step = make_step(tx)
+    params, opt_state = PARAMS, tx.init(PARAMS)
+    params, opt_state = step(params, opt_state, batch(0))
+    for r, sparsity in enumerate((0.5, 0.75)):
+        masks = prune.compute_masks(params, sparsity=sparsity)
+        opt_state = prune.replace_masks(opt_state, masks)
+        params, opt_state = step(params, opt_state, batch(r + 1))
+        for m, w in zip(jax.tree.leaves(masks), jax.tree.leaves(params), strict=True):
+            assert np.all(np.asarray(w)[~np.asarray(m)] == 0.0)
+        got = prune.find_masks(opt_state)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(masks), strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert step._cache_size() == 1
+    with pytest.raises(ValueError, match="missing from masks"):
+        prune.replace_masks(opt_state, {"conv": masks["conv"]})

@@ -177,9 +177,9 @@ def wrap(
         count = optax.safe_int32_increment(state.count)
         # Weights that just became active (dynamic sparse training) start at zero: no
         # gradient reaches the inner optimizer there on this step and their update is 0.
-        moving = jax.tree.map(lambda n, o: n & o, new_masks, state.masks)
-        if not masker.regrows:
-            moving = new_masks
+        moving = new_masks
+        if masker.regrows:
+            moving = jax.tree.map(lambda n, o: n & o, new_masks, state.masks)
         mv, nw, pf = tree.flatten(moving), tree.flatten(new_masks), tree.flatten(params)
         zero = lambda x: jnp.zeros((), x.dtype)
         grads = tree.map_with_path(lambda p, g: jnp.where(mv[p], g, zero(g)), updates)
