@@ -38,8 +38,9 @@ pruning from dense beats every sparse-from-scratch method here, at 2-4x their tr
 FLOPs), matches dense accuracy at 90 %. The FLOPs are the algorithms'; on CPU every masked step
 still runs dense matrix products, so wall time does not fall: the report's step_ms rows
 (38-105 ms) tracked the load of a 2-core machine shared with other jobs, not the method.
-The 13 other phases of a seed took about 40 min wall there (three seeds at once), an STE run 25. The step-time overhead of RigL is the
-benchmark figure rigl_step_vs_dense (1.09 with 64 channels, target 1.1).
+The 13 other phases of a seed took about 40 min wall there (three seeds at once), an STE
+run 25 min. RigL's step-time overhead is the benchmark figure rigl_step_vs_dense (1.09 with
+64 channels, target 1.1).
 """
 
 from jaxopt_ft.experiments.settings import base_config
