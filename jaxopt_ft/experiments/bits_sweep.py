@@ -73,7 +73,7 @@ def one_row(ctx: Setup, dense: train.TrainState, method: str, bits: int, end: in
         params, stats = quantizing.qat(
             ctx, params, stats, weights=weights, acts=acts, phase=f"qat@{bits}"
         )
-    qparams = quant.quantize_params(params, quantizing.weight_rules(weights))
+    qparams = quantizing.quantize(ctx, params, weights)
     deq = quant.dequantize_params(qparams)
     ranges = None if acts is None else quantizing.calibrated_ranges(ctx, deq, stats)
     fwd = quantizing.fake_quant_forward(ctx, weights, acts, ranges)
