@@ -1,7 +1,8 @@
 """Whole-split datasets in numpy, normalisation, stratified subsets and batch iterators.
 
 Datasets here are small enough to hold in memory, so a split is read once into numpy and batches
-are gathered from it by index. Training batches are a pure function of ``(seed, step)``: the
+are gathered from it by index through the grain pipeline (`jaxopt_ft.data.pipeline`). Training
+batches are a pure function of ``(seed, step)``: the
 permutation of epoch ``e`` comes from ``np.random.default_rng([seed, e])``, so a run resumed at
 step ``k`` sees exactly the batches an uninterrupted run sees.
 
@@ -13,18 +14,20 @@ Example::
 """
 
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from jaxopt_ft.data import builders
+from jaxopt_ft.data import builders, pipeline
 
 __all__ = [
+    "Arrays",
     "Dataset",
     "batch_at",
     "clear_cache",
     "eval_batches",
     "load",
+    "source",
     "subset",
     "train_batches",
 ]
@@ -231,33 +234,34 @@ def _stratified_rows(ds, keep, counts, *, fraction, per_class, seed) -> np.ndarr
     return np.sort(np.concatenate(rows)) if rows else np.zeros((0,), np.int64)
 
 
-def _check_batch_size(ds: Dataset, batch_size: int, *, train: bool) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
-        raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1.")
-    if train and batch_size > len(ds.label):
-        raise ValueError(
-            f"batch_size={batch_size} is larger than the {len(ds.label)} examples of "
-            f"{ds.name!r}; training drops incomplete batches, so pass batch_size <= "
-            f"{len(ds.label)}."
-        )
+class Arrays(NamedTuple):
+    """A `Dataset` as a grain-pipeline source (`jaxopt_ft.data.pipeline.Source`)."""
+
+    ds: Dataset
+
+    @property
+    def name(self) -> str:
+        return self.ds.name
+
+    def __len__(self) -> int:
+        return len(self.ds.label)
+
+    def read(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        return {"x": self.ds.x[rows], "label": self.ds.label[rows]}
 
 
-def _check_seed(seed: int) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed={seed!r} must be an integer >= 0.")
+def source(ds: Dataset | pipeline.Source) -> pipeline.Source:
+    """``ds`` as a pipeline source: a `Dataset` is wrapped, a source is returned as it is."""
+    return Arrays(ds) if isinstance(ds, Dataset) else ds
 
 
-def _epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-def batch_at(ds: Dataset, *, batch_size: int, seed: int, step: int) -> dict[str, np.ndarray]:
+def batch_at(
+    ds: Dataset | pipeline.Source, *, batch_size: int, seed: int, step: int
+) -> dict[str, np.ndarray]:
     """Returns the training batch of global step `step` (what `train_batches` yields there).
 
     Args:
-        ds: the training data.
+        ds: the training data (in memory, or a `jaxopt_ft.data.records.Records` source).
         batch_size: examples per batch, at most ``len(ds.label)``.
         seed: shuffling seed (>= 0).
         step: global step (>= 0).
@@ -268,31 +272,33 @@ def batch_at(ds: Dataset, *, batch_size: int, seed: int, step: int) -> dict[str,
     Raises:
         ValueError: for a batch size outside 1..len(ds), or a negative seed or step.
     """
-    _check_batch_size(ds, batch_size, train=True)
-    _check_seed(seed)
-    if step < 0:
+    if isinstance(step, int | np.integer) and step < 0:
         raise ValueError(f"step={step} must be >= 0.")
-    steps_per_epoch = len(ds.label) // batch_size
-    epoch, position = divmod(step, steps_per_epoch)
-    rows = _epoch_permutation(len(ds.label), seed, epoch)
-    rows = rows[position * batch_size : (position + 1) * batch_size]
-    return {"x": ds.x[rows], "label": ds.label[rows]}
+    return pipeline.batch_at(source(ds), batch_size=batch_size, seed=seed, step=step)
 
 
 def train_batches(
-    ds: Dataset, *, batch_size: int, seed: int, start_step: int = 0
+    ds: Dataset | pipeline.Source,
+    *,
+    batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    **options: Any,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Returns endless shuffled training batches, starting at global step `start_step`.
 
-    Each epoch is a fresh permutation from ``np.random.default_rng([seed, epoch])`` cut into
-    ``len(ds) // batch_size`` full batches (the remainder is dropped), so the batch at step ``k``
-    is a pure function of ``(seed, k)`` and a resumed run sees the same batches.
+    The grain pipeline of `jaxopt_ft.data.pipeline`: each epoch is a fresh permutation from
+    ``np.random.default_rng([seed, epoch])`` cut into ``len(ds) // batch_size`` full batches
+    (the remainder is dropped), so the batch at step ``k`` is a pure function of ``(seed, k)``
+    and a resumed run sees the same batches.
 
     Args:
-        ds: the training data.
-        batch_size: examples per batch, at most ``len(ds.label)``.
+        ds: the training data (in memory, or a `jaxopt_ft.data.records.Records` source).
+        batch_size: examples per (global) batch, at most ``len(ds.label)``.
         seed: shuffling seed (>= 0).
         start_step: global step of the first batch (>= 0), e.g. a restored checkpoint's step.
+        **options: `pipeline.train_batches`'s ``shard_index``, ``shard_count``, ``threads``,
+            ``workers``, ``prefetch`` and ``place``.
 
     Returns:
         An endless iterator of ``{"x": (batch_size, ...) float32, "label": (batch_size,) int32}``.
@@ -300,24 +306,9 @@ def train_batches(
     Raises:
         ValueError: for a batch size outside 1..len(ds), or a negative seed or start step.
     """
-    _check_batch_size(ds, batch_size, train=True)
-    _check_seed(seed)
-    if start_step < 0:
-        raise ValueError(f"start_step={start_step} must be >= 0.")
-    return _train_batches(ds, batch_size, seed, start_step)
-
-
-def _train_batches(
-    ds: Dataset, batch_size: int, seed: int, start_step: int
-) -> Iterator[dict[str, np.ndarray]]:
-    steps_per_epoch = len(ds.label) // batch_size
-    epoch, position = divmod(start_step, steps_per_epoch)
-    while True:
-        rows = _epoch_permutation(len(ds.label), seed, epoch)
-        for i in range(position, steps_per_epoch):
-            batch = rows[i * batch_size : (i + 1) * batch_size]
-            yield {"x": ds.x[batch], "label": ds.label[batch]}
-        epoch, position = epoch + 1, 0
+    return pipeline.train_batches(
+        source(ds), batch_size=batch_size, seed=seed, start_step=start_step, **options
+    )
 
 
 def eval_batches(ds: Dataset, *, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
@@ -337,7 +328,7 @@ def eval_batches(ds: Dataset, *, batch_size: int) -> Iterator[dict[str, np.ndarr
     Raises:
         ValueError: for a batch size below 1.
     """
-    _check_batch_size(ds, batch_size, train=False)
+    pipeline.check_batch_size(len(ds.label), ds.name, batch_size, train=False)
     return _eval_batches(ds, batch_size)
 
 
