@@ -187,4 +187,3 @@ def train_batches(
     if place is not None:
         it = it.map(place)
     return iter(it)
-

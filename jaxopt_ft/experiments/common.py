@@ -51,18 +51,9 @@ def build_optimizer(
       learning_rate: a phase's own peak rate instead of ``optimizer.learning_rate``.
       schedule: a phase's own schedule name instead of ``schedule.name``.
     """
-    o, sch = s.optimizer, s.schedule
+    o = s.optimizer
     k = o.accumulate_steps
-    lr = optim.schedule(
-        schedule or sch.name,
-        learning_rate=o.learning_rate if learning_rate is None else learning_rate,
-        steps=-(-steps // k),
-        warmup_steps=sch.warmup_steps,
-        decay_rate=sch.decay_rate,
-        boundaries=sch.boundaries,
-        scale=sch.scale,
-        end_value=sch.end_value,
-    )
+    lr = learning_rates(s, steps=steps, learning_rate=learning_rate, schedule=schedule)
     return optim.make(
         o.name,
         learning_rate=lr,
@@ -77,6 +68,23 @@ def build_optimizer(
         accumulate_steps=k,
         ema_decay=s.train.ema_decay,
         skip_nonfinite=True,
+    )
+
+
+def learning_rates(
+    s: Common, *, steps: int, learning_rate: float | None = None, schedule: str | None = None
+) -> optax.Schedule:
+    """The schedule (``update count -> rate``) `build_optimizer` builds from the same args."""
+    o, sch = s.optimizer, s.schedule
+    return optim.schedule(
+        schedule or sch.name,
+        learning_rate=o.learning_rate if learning_rate is None else learning_rate,
+        steps=-(-steps // o.accumulate_steps),
+        warmup_steps=sch.warmup_steps,
+        decay_rate=sch.decay_rate,
+        boundaries=sch.boundaries,
+        scale=sch.scale,
+        end_value=sch.end_value,
     )
 
 
@@ -124,10 +132,12 @@ def fit_phase(
     steps: int,
     key: jax.Array,
     progress: bool,
+    learning_rate: optax.Schedule | None = None,
 ) -> tuple[Any, dict]:
     """`loop.fit` with the settings' checkpoint cadence, logging, NaN policy and strategy.
 
     Every training phase of every experiment goes through here, so they behave alike.
+    ``learning_rate`` (`learning_rates` of the phase's optimizer) is logged when given.
     """
     return loop.fit(
         state,
@@ -144,6 +154,7 @@ def fit_phase(
         nan_policy=s.train.nan_policy,
         max_consecutive_nonfinite=s.train.max_consecutive_nonfinite,
         strategy=strategy(s),
+        learning_rate=learning_rate,
     )
 
 

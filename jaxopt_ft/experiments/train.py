@@ -38,6 +38,7 @@ def run(s: Settings, workdir: str, *, progress: bool = True) -> dict:
         steps=s.train.steps,
         key=k_train,
         progress=progress,
+        learning_rate=common.learning_rates(s, steps=s.train.steps),
     )
     metrics = common.evaluate(s, state.apply_fn, state.variables(), test_ds)
     if s.train.ema_decay:
