@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from jaxopt_ft.data import builders, pipeline
+from jaxopt_ft.data import builders, pipeline, records
 
 __all__ = [
     "Arrays",
@@ -28,11 +28,10 @@ __all__ = [
     "eval_batches",
     "load",
     "source",
+    "split_source",
     "subset",
     "train_batches",
 ]
-
-_CHUNK = 4096  # examples per chunk when computing statistics, to bound float64 temporaries
 
 
 class Dataset(NamedTuple):
@@ -52,50 +51,12 @@ class Dataset(NamedTuple):
 
 
 _DATASETS: dict[tuple[str, str, str], Dataset] = {}
-_STATS: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
 
 
 def clear_cache() -> None:
     """Forgets the in-process cache of loaded splits and normalisation statistics."""
     _DATASETS.clear()
-    _STATS.clear()
-
-
-def _scale(name: str) -> float:
-    """Returns the divisor that maps stored values to [0, 1] before standardising."""
-    if name == "mnist1d":
-        return 1.0  # already real-valued
-    if name == "digits":
-        return 16.0  # pixel values 0..16
-    return 255.0  # uint8 images
-
-
-def _moments(x: np.ndarray, *, per_channel: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation in float64, over all axes or all but the last."""
-    shape = (x.shape[-1],) if per_channel else ()
-    axes = tuple(range(x.ndim - 1)) if per_channel else None
-    count = x.size // (x.shape[-1] if per_channel else 1)
-    total = np.zeros(shape)
-    for start in range(0, len(x), _CHUNK):
-        total += np.sum(x[start : start + _CHUNK], axis=axes, dtype=np.float64)
-    mean = total / count
-    squares = np.zeros(shape)
-    for start in range(0, len(x), _CHUNK):
-        squares += np.sum(np.square(x[start : start + _CHUNK] - mean), axis=axes)
-    return mean, np.sqrt(squares / count)
-
-
-def _train_stats(
-    name: str, data_dir: str | None, key_dir: str, train: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (mean, std) of the scaled train split, computed once per process."""
-    if (name, key_dir) not in _STATS:
-        raw = builders.read(name, "train", data_dir=data_dir).x if train is None else train
-        scale = _scale(name)
-        mean, std = _moments(raw, per_channel=name not in builders.BUILTIN)
-        std = np.where(std > 0, std, scale)  # a constant channel stays at 0 instead of nan
-        _STATS[(name, key_dir)] = (mean / scale, std / scale)
-    return _STATS[(name, key_dir)]
+    records.clear_cache()
 
 
 def load(name: str, split: str, *, data_dir: str | None = None) -> Dataset:
@@ -106,7 +67,8 @@ def load(name: str, split: str, *, data_dir: str | None = None) -> Dataset:
     - ``mnist1d``: ``(x - mean) / std`` with scalar mean and std of the train features.
     - ``digits``: ``x / 16``, then standardised with the scalar train mean and std.
     - any other TFDS image dataset: ``x / 255``, then standardised per channel with the train
-      split's per-channel mean and std (computed over the whole train split, once per process).
+      split's per-channel mean and std (computed over the whole train split by a streaming
+      pass, cached in the data dir: `jaxopt_ft.data.records.train_stats`).
 
     Loaded splits are cached in-process by ``(name, split, data_dir)``; the cached arrays are
     read-only, so take a copy before changing them in place (``clear_cache`` empties the cache).
@@ -129,11 +91,8 @@ def load(name: str, split: str, *, data_dir: str | None = None) -> Dataset:
     cache_key = (name, split, key_dir)
     if cache_key not in _DATASETS:
         raw = builders.read(name, split, data_dir=data_dir)
-        mean, std = _train_stats(name, data_dir, key_dir, raw.x if split == "train" else None)
-        x = (raw.x.astype(np.float32) / np.float32(_scale(name)) - mean.astype(np.float32)) / (
-            std.astype(np.float32)
-        )
-        x = x.astype(np.float32, copy=False)
+        mean, std = records.train_stats(name, data_dir, raw.x if split == "train" else None)
+        x = records.normalise(raw.x, name, mean, std)
         label = raw.label.astype(np.int32)
         x.flags.writeable = False
         label.flags.writeable = False
@@ -311,14 +270,17 @@ def train_batches(
     )
 
 
-def eval_batches(ds: Dataset, *, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(
+    ds: Dataset | pipeline.Source, *, batch_size: int
+) -> Iterator[dict[str, np.ndarray]]:
     """Returns one pass over `ds` in order, in batches of the same shape.
 
     The last batch is padded with zero rows; ``mask`` marks real rows with 1 and padding with 0,
     so a jitted eval step compiles once and ``sum(mask)`` counts every example exactly once.
 
     Args:
-        ds: the data to evaluate on.
+        ds: the data to evaluate on (in memory, or a `jaxopt_ft.data.records.Records` source,
+            read a batch at a time).
         batch_size: rows per batch (>= 1); may exceed ``len(ds.label)``.
 
     Returns:
@@ -328,15 +290,16 @@ def eval_batches(ds: Dataset, *, batch_size: int) -> Iterator[dict[str, np.ndarr
     Raises:
         ValueError: for a batch size below 1.
     """
-    pipeline.check_batch_size(len(ds.label), ds.name, batch_size, train=False)
-    return _eval_batches(ds, batch_size)
+    src = source(ds)
+    pipeline.check_batch_size(len(src), src.name, batch_size, train=False)
+    return _eval_batches(src, batch_size)
 
 
-def _eval_batches(ds: Dataset, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    n = len(ds.label)
+def _eval_batches(src: pipeline.Source, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    n = len(src)
     for start in range(0, n, batch_size):
-        x = ds.x[start : start + batch_size]
-        label = ds.label[start : start + batch_size]
+        batch = src.read(np.arange(start, min(n, start + batch_size)))
+        x, label = batch["x"], batch["label"]
         real = len(label)
         mask = np.ones((batch_size,), np.float32)
         if real < batch_size:
@@ -345,3 +308,21 @@ def _eval_batches(ds: Dataset, batch_size: int) -> Iterator[dict[str, np.ndarray
             label = np.concatenate([label, np.zeros((pad,), label.dtype)])
             mask[real:] = 0.0
         yield {"x": x, "label": label, "mask": mask}
+
+
+def split_source(
+    name: str, split: str, *, data_dir: str | None = None, in_memory_mb: float = 1024.0
+) -> Dataset | records.Records:
+    """The split in memory (`load`) when it takes at most ``in_memory_mb`` MiB as float32,
+    else read from disk batch by batch (`records.Records`); both feed the same pipeline.
+
+    Raises:
+        ValueError: as `load`, or for a negative ``in_memory_mb``.
+    """
+    if isinstance(in_memory_mb, bool) or not isinstance(in_memory_mb, int | float):
+        raise ValueError(f"in_memory_mb={in_memory_mb!r} must be a number >= 0.")
+    if in_memory_mb < 0:
+        raise ValueError(f"in_memory_mb={in_memory_mb!r} must be >= 0 (0: always from disk).")
+    if records.split_mb(name, split, data_dir=data_dir) <= in_memory_mb:
+        return load(name, split, data_dir=data_dir)
+    return records.Records(name, split, data_dir=data_dir)
