@@ -327,6 +327,7 @@ def _run(
         disable=not (progress and sys.stderr.isatty()),
         leave=False,
     )
+    extra(state, start)  # compiles the logged extras now, outside the timed steps
     with bar:
         it = batches(start)
         for done in range(start + 1, steps + 1):
