@@ -183,6 +183,12 @@ def train_batches(
     options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch)
     it = ds.to_iter_dataset(options)
     if workers:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():
+            # grain's worker start-up reads an absl flag; outside absl.app (notebooks, tests)
+            # nothing parsed the flags, and their defaults are what is wanted.
+            flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
     if place is not None:
         it = it.map(place)
