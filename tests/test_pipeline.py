@@ -23,6 +23,7 @@ from jaxopt_ft.data import records
 
 N_TRAIN, N_TEST, SHAPE, CLASSES = 1200, 100, (16, 16, 3), 4
 WORKER = os.path.join(os.path.dirname(__file__), "pipeline_worker.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class JftBlobs(tfds.core.GeneratorBasedBuilder):
@@ -325,3 +326,56 @@ def test_two_processes_read_disjoint_shards_that_make_up_the_epoch(tmp_path):
         np.testing.assert_array_equal(np.concatenate([rows[0][step], rows[1][step]]), whole)
     assert not set(rows[0].ravel()) & set(rows[1].ravel())
     assert sorted(np.concatenate([r.ravel() for r in rows])) == list(range(96))
+
+
+# --- through the experiments ------------------------------------------------------------------
+
+
+def _config(path, **overrides):
+    from helpers import load_config
+
+    return load_config(os.path.join(ROOT, "configs", path), overrides=overrides)
+
+
+def test_a_prepared_dataset_trains_from_disk_with_event_files(blobs_dir, tmp_path):
+    from jaxopt_ft import experiments
+
+    config = _config(
+        "digits_lenet5.py",
+        **{
+            "dataset.name": "jft_blobs",
+            "dataset.data_dir": blobs_dir,
+            "dataset.in_memory_mb": 0.0,
+            "train.steps": 20,
+            "train.log_every": 10,
+            "eval.batch_size": 64,
+        },
+    )
+    module, settings = experiments.prepare(config)
+    result = module.run(settings, str(tmp_path), progress=False)
+    (row,) = result["rows"]
+    assert 0.0 <= row["test_accuracy"] <= 1.0 and np.isfinite(row["final_train_loss"])
+    assert os.listdir(tmp_path / "tensorboard" / "train")[0].startswith("events.out.tfevents.")
+
+
+def test_experiments_refuse_unusable_data_in_one_line(blobs_dir, tmp_path):
+    from jaxopt_ft import experiments
+
+    copy = tmp_path / "copy"
+    shutil.copytree(os.path.join(blobs_dir, "jft_blobs"), copy / "jft_blobs")
+    _prepare(JftText, str(copy))
+    os.remove(next((copy / "jft_blobs" / "1.0.0").glob("*test.array_record*")))
+    cases = [
+        ({"dataset.name": "jft_blobs", "dataset.in_memory_mb": 0.0}, "only partly written"),
+        ({"dataset.name": "jft_text"}, "has features ['score', 'tokens']"),
+        ({"dataset.name": "jft_blobs", "train.batch_size": 2000}, "exceeds the 1200 training"),
+    ]
+    for overrides, fragment in cases:
+        config = _config("digits_lenet5.py", **{"dataset.data_dir": str(copy), **overrides})
+        with pytest.raises(ValueError) as info:
+            module, settings = experiments.prepare(config)
+            module.run(settings, str(tmp_path / "w"), progress=False)
+        assert fragment in str(info.value) and "\n" not in str(info.value), info.value
+    config = _config("mnist1d_compress.py", **{"dataset.in_memory_mb": 0.0})
+    with pytest.raises(ValueError, match=r"holds its splits in memory; raise dataset.in_memory"):
+        experiments.prepare(config)
