@@ -362,7 +362,8 @@ def _extra_scalars(learning_rate, state, done: int) -> dict[str, float]:
     The schedule counts optimizer updates (not micro-steps, nor skipped updates): the rate
     is the one of the last update, read from the schedule's own counter in the state.
     """
-    values = {"sparsity": float(_sparsity(state.params))}
+    params = getattr(state, "params", None)
+    values = {} if params is None else {"sparsity": float(_sparsity(params))}
     if learning_rate is not None:
         counts = [
             x.count
