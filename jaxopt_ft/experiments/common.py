@@ -120,19 +120,15 @@ def load_split(s: Common, split: str, *, stream: bool = False) -> data.Dataset |
 
 
 def train_batches(
-    ds: data.Dataset | data.Records, *, batch_size: int, seed: int, s: Common | None = None
+    s: Common, ds: data.Dataset | data.Records, *, batch_size: int, seed: int
 ) -> Callable[[int], Iterator]:
     """``start_step -> iterator`` over ``ds`` in the resume-exact order of ``seed``.
 
-    With the settings ``s``, the pipeline reads with ``dataset.threads`` threads and
-    ``dataset.workers`` worker processes, each process reads only its share of every batch
-    (``jax.process_index()`` of ``jax.process_count()``), and batches are put on the devices
-    ahead of the step (the strategy's layout).
+    The pipeline reads with ``dataset.threads`` threads and ``dataset.workers`` worker
+    processes, each process reads only its share of every batch (``jax.process_index()`` of
+    ``jax.process_count()``), and batches are put on the devices ahead of the step, in the
+    layout of the settings' strategy.
     """
-    if s is None:
-        return lambda start: data.train_batches(
-            ds, batch_size=batch_size, seed=seed, start_step=start
-        )
     options = dict(
         threads=s.dataset.threads,
         workers=s.dataset.workers,

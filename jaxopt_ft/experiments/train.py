@@ -32,7 +32,7 @@ def run(s: Settings, workdir: str, *, progress: bool = True) -> dict:
         s,
         state,
         common.classification_step(s, augment=augment),
-        common.train_batches(train_ds, batch_size=s.train.batch_size, seed=s.seed, s=s),
+        common.train_batches(s, train_ds, batch_size=s.train.batch_size, seed=s.seed),
         workdir=workdir,
         phase="train",
         steps=s.train.steps,
