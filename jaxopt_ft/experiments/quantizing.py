@@ -178,7 +178,9 @@ def qat(
         batch_stats=batch_stats,
     )
     key = jax.random.fold_in(common.seed_key(ctx.s), zlib.crc32(phase.encode()))
-    batches = common.train_batches(ctx.train_ds, batch_size=ctx.s.train.batch_size, seed=ctx.s.seed)
+    batches = common.train_batches(
+        ctx.s, ctx.train_ds, batch_size=ctx.s.train.batch_size, seed=ctx.s.seed
+    )
     state, _ = common.fit_phase(
         ctx.s, state, common.classification_step(ctx.s, apply_fn=apply_fn), batches,
         workdir=ctx.workdir, phase=phase, steps=q.qat_steps, key=key, progress=ctx.progress,

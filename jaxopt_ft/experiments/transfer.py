@@ -110,7 +110,7 @@ def _pretrain(s: Settings, workdir, train_ds, test_ds, progress) -> tuple[dict, 
     state = common.new_state(
         model, k_init, pre_train.x[:1], common.build_optimizer(s, steps=s.train.steps)
     )
-    batches = common.train_batches(pre_train, batch_size=s.train.batch_size, seed=s.seed)
+    batches = common.train_batches(s, pre_train, batch_size=s.train.batch_size, seed=s.seed)
     state, _ = common.fit_phase(
         s, state, common.classification_step(s), batches, workdir=workdir, phase="pretrain",
         steps=s.train.steps, key=k_train, progress=progress,
@@ -196,8 +196,9 @@ def _run_mode(ctx: _Context, mode: str) -> list[dict]:
             batch_stats=batch_stats,
         )  # fmt: skip
         phase = f"{mode}_seed{seed}"
+        batches = common.train_batches(ctx.s, shot, batch_size=t.batch_size, seed=seed)
         state, summary = common.fit_phase(
-            ctx.s, state, step_fn, common.train_batches(shot, batch_size=t.batch_size, seed=seed),
+            ctx.s, state, step_fn, batches,
             workdir=ctx.workdir, phase=phase, steps=t.steps, key=k_train, progress=ctx.progress,
         )  # fmt: skip
         trainable, frozen = finetune.count_trainable(state.params, labels)
