@@ -3,11 +3,14 @@
 (a) ``prune_step_vs_dense``: a jitted Adam train step wrapped in ``prune.wrap`` (gradual
     schedule, so the ``lax.cond`` mask update is compiled in) over the same step with plain
     Adam, on the 64-channel MNIST-1D CNN with batch 100. Target: ratio <= 1.05.
-(c) ``rigl_step_vs_dense``: the same step under RigL (90 % ERK, drop/regrow every 100 steps
-    by the dense gradient the step computes anyway) over plain Adam, timed over blocks of 100
-    steps so update and non-update steps are averaged as in training. Target: ratio <= 1.1.
 (b) ``structured_infer_vs_dense``: jitted inference of the CNN compacted after 50 %
     structured (channel) pruning over the dense CNN's. Target: ratio < 1.
+(c) ``head_pruned_infer_vs_dense``: the same for the MNIST-1D ``transformer1d`` (hidden 64,
+    2 blocks of 4 heads, MLP 128) with half of every block's attention heads removed (4 -> 2)
+    and its MLPs whole, batch 1000. Target: ratio < 1.
+(d) ``rigl_step_vs_dense``: the step of (a) under RigL (90 % ERK, drop/regrow every 100 steps
+    by the dense gradient the step computes anyway) over plain Adam, timed over blocks of 100
+    steps so update and non-update steps are averaged as in training. Target: ratio <= 1.1.
 
 Both use random data: only the cost of the computation matters. Timings interleave the two
 variants in blocks and report medians of the per-step time, so machine load affects both
@@ -31,6 +34,7 @@ import optax
 from jaxopt_ft import models, prune, timing
 
 BATCH, LENGTH, CLASSES = 100, 40, 10
+TRANSFORMER = models.get("transformer1d", hidden=64, depth=2, num_heads=4, mlp_dim=128)
 
 
 def _step_factory() -> Callable[[optax.GradientTransformation], Callable[[], Any]]:
@@ -108,13 +112,22 @@ def rigl_figure(*, blocks: int) -> dict[str, Any]:
     }
 
 
-def structured_figure(*, blocks: int, per_block: int) -> dict[str, Any]:
-    """Compacted (50 % of channels removed) inference time over dense inference time."""
-    model = models.get("cnn", channels=(64, 64, 64))
+def structured_figure(
+    *,
+    blocks: int,
+    per_block: int,
+    model=None,
+    sparsity: Any = 0.5,
+    name: str = "structured_infer_vs_dense",
+    batch: int = BATCH,
+) -> dict[str, Any]:
+    """Compacted inference time over dense inference time (default: the CNN, 50 % of its
+    channels removed)."""
+    model = model or models.get("cnn", channels=(64, 64, 64))
     rng = np.random.default_rng(1)
-    x = jnp.asarray(rng.standard_normal((BATCH, LENGTH)), jnp.float32)
+    x = jnp.asarray(rng.standard_normal((batch, LENGTH)), jnp.float32)
     params = jax.jit(model.init)(jax.random.key(1), x)["params"]
-    masks = prune.structured_masks(model, params, sparsity=0.5)
+    masks = prune.structured_masks(model, params, sparsity=sparsity)
     small = prune.compact(model, params, masks)
     dense_fn = jax.jit(model.apply)
     small_fn = jax.jit(small.model.apply)
@@ -124,7 +137,7 @@ def structured_figure(*, blocks: int, per_block: int) -> dict[str, Any]:
     fns = {"dense": lambda: dense_fn(dense_vars, x), "compact": lambda: small_fn(small_vars, x)}
     t = timing.time_side_by_side(fns, repeats=blocks, number=per_block)
     return {
-        "name": "structured_infer_vs_dense",
+        "name": name,
         "value": t["compact"],
         "baseline": t["dense"],
         "ratio": t["compact"] / t["dense"],
@@ -142,6 +155,14 @@ def main() -> None:
         train_step_figure(blocks=args.blocks, per_block=args.per_block),
         rigl_figure(blocks=max(args.blocks // 3, 3)),
         structured_figure(blocks=args.blocks, per_block=args.per_block),
+        structured_figure(
+            blocks=args.blocks,
+            per_block=args.per_block,
+            model=TRANSFORMER,
+            sparsity=[(".*/heads", 0.5), (".*", 0.0)],
+            name="head_pruned_infer_vs_dense",
+            batch=1000,
+        ),  # fmt: skip
     ]
     print(f"{'figure':28} {'value':>10} {'baseline':>10} {'ratio':>7} {'target':>7}")
     for f in figures:

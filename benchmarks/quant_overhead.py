@@ -4,7 +4,11 @@
    channels=(64, 64, 64))``), batch 100 of random data, adam. The QAT step runs the model
    through :func:`jaxopt_ft.quant.fake_quant_apply_fn` (weights: conv1 and head 8 bits, other
    kernels 4 bits; every Dense/Conv input 8 bits, per-batch ranges). Target: ratio <= 1.25.
-2. int8 inference vs fp32 inference: :func:`jaxopt_ft.quant.int8_apply_fn` (int8 x int8 ->
+2. The same on a transformer (``qat_step_vs_dense_transformer``): the MNIST-1D
+   ``transformer1d`` (10 patches of 4 samples, hidden 64, 2 blocks of 4 heads, MLP 128),
+   every matmul fake-quantized, attention's 3-D projection kernels per head and output channel
+   (patch embedding and head 8 bits, the rest 4 bits; every op's input 8 bits). Target <= 1.3.
+3. int8 inference vs fp32 inference: :func:`jaxopt_ft.quant.int8_apply_fn` (int8 x int8 ->
    int32 conv/dot, calibrated activation ranges) vs ``model.apply``, batch 1000. No target:
    XLA's CPU backend has no fast int8 convolution, so this is reported as measured.
 
@@ -24,9 +28,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxopt_ft import models, quant, timing
+from jaxopt_ft import models, ops, quant, timing
 
 WEIGHT_BITS = [("conv1/kernel|head/kernel", 8), (".*kernel", 4), (".*", None)]
+TRANSFORMER_BITS = [("patch_embed/kernel|head/kernel", 8), (".*kernel", 4), (".*", None)]
 
 
 def _report(name: str, value: float, baseline: float, target: float | None, what: str) -> None:
@@ -40,15 +45,21 @@ def _report(name: str, value: float, baseline: float, target: float | None, what
     print(json.dumps(row))
 
 
-def bench_qat_step(*, repeats: int, steps: int) -> tuple[float, float]:
-    """Returns (QAT step ms, plain step ms), medians."""
-    model = models.get("cnn", channels=(64, 64, 64))
+def bench_qat_step(
+    *, repeats: int, steps: int, model=None, weight_bits=WEIGHT_BITS
+) -> tuple[float, float]:
+    """Returns (QAT step ms, plain step ms), medians (default: the 64-channel CNN)."""
+    model = model or models.get("cnn", channels=(64, 64, 64))
     kx, ky, kp = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(kx, (100, 40))
     y = jax.random.randint(ky, (100,), 0, 10)
-    params = model.init(kp, x[:1])["params"]
+    variables = model.init(kp, x[:1])
+    params = variables["params"]
     tx = optax.adam(1e-3)
-    qat_apply = quant.fake_quant_apply_fn(model, weight_bits=WEIGHT_BITS, act_bits=8)
+    axes = ops.kernel_axes(ops.find_ops(model, variables, x[:1]))
+    qat_apply = quant.fake_quant_apply_fn(
+        model, weight_bits=weight_bits, act_bits=8, weight_axis=axes
+    )
 
     def make_step(apply_fn):
         def loss_fn(p):
@@ -109,6 +120,14 @@ def main() -> None:
     print(f"devices: {jax.devices()}")
     qat, dense = bench_qat_step(repeats=args.repeats, steps=args.steps)
     _report("qat_step_vs_dense", qat, dense, 1.25, "QAT train step / plain train step")
+    transformer = models.get("transformer1d", hidden=64, depth=2, num_heads=4, mlp_dim=128)
+    qat, dense = bench_qat_step(
+        repeats=args.repeats, steps=args.steps, model=transformer, weight_bits=TRANSFORMER_BITS
+    )
+    _report(
+        "qat_step_vs_dense_transformer", qat, dense, 1.3,
+        "QAT train step / plain train step (transformer, attention quantized)",
+    )  # fmt: skip
     i8, f32 = bench_int8_inference(repeats=args.repeats, steps=args.steps)
     _report("int8_infer_vs_fp32", i8, f32, None, "int8 inference / fp32 inference")
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from jaxopt_ft import loop as loop
     from jaxopt_ft import models as models
     from jaxopt_ft import multitask as multitask
+    from jaxopt_ft import ops as ops
     from jaxopt_ft import optim as optim
     from jaxopt_ft import parallel as parallel
     from jaxopt_ft import prune as prune
@@ -37,12 +38,12 @@ __all__ = [
     "loop",
     "models",
     "multitask",
+    "ops",
     "optim",
     "parallel",
     "prune",
     "quant",
     "report",
-    "timing",
     "timing",
     "train",
     "tree",

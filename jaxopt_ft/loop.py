@@ -30,9 +30,10 @@ from typing import Any
 
 import jax
 import numpy as np
+import optax
 
 from jaxopt_ft import checkpoint as ckpt_lib
-from jaxopt_ft import optim, parallel
+from jaxopt_ft import events, optim, parallel
 
 PyTree = Any
 Batch = dict[str, Any]
@@ -78,10 +79,12 @@ def read_metrics(path: str) -> list[dict]:
 
 
 class MetricsLog:
-    """One phase's records in ``metrics.jsonl`` (a no-op without a path)."""
+    """One phase's records in ``metrics.jsonl`` and its TensorBoard scalars (a no-op without a
+    path; ``events`` is set once the phase's start step is known)."""
 
     def __init__(self, path: str | None, phase: str):
         self.path, self.phase = path, phase
+        self.events: events.EventWriter | None = None
 
     def _mine(self, rec: dict) -> bool:
         return rec.get("phase", "train") == self.phase
@@ -101,6 +104,8 @@ class MetricsLog:
         if self.path:
             with open(self.path, "a") as f:
                 f.write(json.dumps({"phase": self.phase, "step": step, **values}) + "\n")
+        if self.events:
+            self.events.scalars(step, values)
 
     def at(self, step: int) -> dict | None:
         """The record of this phase at ``step`` that has a loss, if one was logged."""
@@ -195,6 +200,7 @@ def fit(
     nan_policy: str = "skip",
     max_consecutive_nonfinite: int = 10,
     strategy: parallel.Strategy | None = None,
+    learning_rate: Callable[[int], Any] | None = None,
 ) -> tuple[Any, dict[str, float]]:
     """Trains ``state`` for ``steps`` steps in total, resuming from ``workdir`` if possible.
 
@@ -222,6 +228,12 @@ def fit(
         layout (so they restore onto any device count), and the returned state is a
         single-device copy, ready for evaluation. Only the main process writes
         ``metrics.jsonl``.
+      learning_rate: the optimizer's schedule (``update count -> rate``) or None; when given,
+        every logged record carries ``learning_rate`` at its step. Every record also carries
+        ``sparsity``, the fraction of parameters that are exactly zero.
+
+    With a ``workdir``, the logged records also go to TensorBoard event files in
+    ``workdir/tensorboard/<phase>`` (`jaxopt_ft.events`).
 
     Returns:
       ``(state, summary)`` with ``final_train_loss``, ``train_steps_per_s``, ``train_wall_s``,
@@ -252,12 +264,15 @@ def fit(
             monitor=monitor,
             save=_saver(ckpt, strategy, checkpoint_every, steps),
             progress=progress,
+            extra=functools.partial(_extra_scalars, learning_rate),
         )
         if ckpt and (steps > 0 or ckpt.latest_step() is None):
             ckpt.save(steps, strategy.unwrap(state).tree())
     finally:
         if ckpt:
             ckpt.close()
+        if log.events:
+            log.events.close()
     jax.block_until_ready(state)
     state = parallel.local(strategy.unwrap(state))
     return state, _summary(state, last, log, start, steps, t_start, t_first)
@@ -276,6 +291,10 @@ def _resume(state, strategy, workdir: str | None, phase: str, max_to_keep: int):
     # comes back already placed.
     state, start = restore(ckpt, strategy.unwrap(strategy.prepare(state)), main=main)
     log.truncate(start)
+    if main:
+        # Points past the checkpoint are logged again by this run; TensorBoard drops the old.
+        purge = start + 1 if start else None
+        log.events = events.EventWriter(events.logdir(workdir, phase), purge_step=purge)
     return state, start, ckpt, log
 
 
@@ -292,7 +311,9 @@ def _saver(ckpt, strategy, every: int, steps: int) -> Callable[..., None] | None
     return save
 
 
-def _run(state, step_fn, batches, *, start, steps, key, log, log_every, monitor, save, progress):
+def _run(
+    state, step_fn, batches, *, start, steps, key, log, log_every, monitor, save, progress, extra
+):
     """The step loop; returns ``(state, last logged metrics, time of the first finished step)``."""
     last, t_first = {}, None
     if start >= steps:
@@ -306,6 +327,7 @@ def _run(state, step_fn, batches, *, start, steps, key, log, log_every, monitor,
         disable=not (progress and sys.stderr.isatty()),
         leave=False,
     )
+    extra(state, start)  # compiles the logged extras now, outside the timed steps
     with bar:
         it = batches(start)
         for done in range(start + 1, steps + 1):
@@ -319,12 +341,40 @@ def _run(state, step_fn, batches, *, start, steps, key, log, log_every, monitor,
                 elapsed = time.perf_counter() - t_first
                 rate = (done - start - 1) / elapsed if elapsed > 0 else float("nan")
                 bar.set_postfix(loss=f"{last['loss']:.4f}", steps_per_s=f"{rate:.0f}")
-                log.append(done, {**last, "steps_per_s": rate})
+                log.append(done, {**last, "steps_per_s": rate, **extra(state, done)})
             bar.update(1)
             if save is not None:
                 save(done, state, monitor)
         monitor.check()
     return state, last, t_first
+
+
+@jax.jit
+def _sparsity(params: PyTree) -> jax.Array:
+    leaves = jax.tree.leaves(params)
+    zeros = sum(jax.numpy.sum(x == 0) for x in leaves)
+    return zeros / max(1, sum(x.size for x in leaves))
+
+
+def _extra_scalars(learning_rate, state, done: int) -> dict[str, float]:
+    """``sparsity`` of ``state.params`` and, with a schedule, ``learning_rate`` at step ``done``.
+
+    The schedule counts optimizer updates (not micro-steps, nor skipped updates): the rate
+    is the one of the last update, read from the schedule's own counter in the state.
+    """
+    params = getattr(state, "params", None)
+    values = {} if params is None else {"sparsity": float(_sparsity(params))}
+    if learning_rate is not None:
+        counts = [
+            x.count
+            for x in jax.tree.leaves(
+                state.opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState)
+            )
+            if isinstance(x, optax.ScaleByScheduleState)
+        ]
+        count = int(np.max(np.asarray(jax.device_get(counts[0])))) if counts else done
+        values["learning_rate"] = float(learning_rate(max(count - 1, 0)))
+    return values
 
 
 def _summary(state, last, log: MetricsLog, start, steps, t_start, t_first) -> dict[str, float]:

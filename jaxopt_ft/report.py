@@ -117,6 +117,8 @@ def save_plot(fig: Any, workdir: str, name: str, *, legend: bool = True, dpi: in
     :func:`accuracy_by_method`), then list the returned name in the report's ``"plots"``,
     e.g. ``{..., "plots": [save_plot(fig, workdir, "curve.png")]}``, so report.md shows it.
 
+    The PNG also goes to TensorBoard as an image (`jaxopt_ft.events.add_png`).
+
     Args:
       fig: A matplotlib figure.
       workdir: The experiment's directory.
@@ -132,6 +134,10 @@ def save_plot(fig: Any, workdir: str, name: str, *, legend: bool = True, dpi: in
     fig.tight_layout()
     savefig(fig, os.path.join(workdir, name), dpi=dpi)
     pyplot().close(fig)
+    from jaxopt_ft import events, parallel
+
+    if parallel.is_main_process():
+        events.add_png(workdir, name)  # TensorBoard's IMAGES tab, run "report"
     return name
 
 

@@ -297,6 +297,14 @@ CLI = [
         "warmup_steps",
     ),
     ("missing config file", ["--config=configs/nope.py"], "nope.py"),
+    (
+        "every head of a block removed",
+        [
+            "--config=configs/digits_vit_compress.py",
+            "--config.prune.structured_rules=(('.*/heads', 0.9), ('.*/mlp', 0.5))",
+        ],
+        "4 of the 4 units of group 'block1/heads'",
+    ),
     ("stray argument", ["extra"], "extra"),
 ]
 

@@ -62,7 +62,9 @@ def _shapes(tree):
 
 
 def test_names_and_registry():
-    assert models.NAMES == ("logistic", "mlp", "cnn", "lenet300", "lenet5", "resnet", "vit")
+    assert models.NAMES == (
+        "logistic", "mlp", "cnn", "lenet300", "lenet5", "resnet", "vit", "transformer1d"
+    )  # fmt: skip
     assert isinstance(models.get("cnn"), models.CNN1D)
     assert models.fields("cnn") == ("channels", "width_mult", "num_classes", "initializer")
     for name in models.NAMES:

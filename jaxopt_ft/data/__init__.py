@@ -2,7 +2,9 @@
 
 ``mnist1d`` and ``digits`` are generated from installed packages into the TFDS data dir on first
 use; any other TFDS image classification dataset is read when already prepared there. Nothing is
-ever downloaded.
+ever downloaded. Training batches come from a grain pipeline (`jaxopt_ft.data.pipeline`) over a
+split in memory (`load`) or, for a split larger than memory, read from its ArrayRecord files
+(`Records`; `split_source` picks one by size).
 
 Example::
 
@@ -23,8 +25,11 @@ from jaxopt_ft.data.loader import batch_at as batch_at
 from jaxopt_ft.data.loader import clear_cache as clear_cache
 from jaxopt_ft.data.loader import eval_batches as eval_batches
 from jaxopt_ft.data.loader import load as load
+from jaxopt_ft.data.loader import source as source
+from jaxopt_ft.data.loader import split_source as split_source
 from jaxopt_ft.data.loader import subset as subset
 from jaxopt_ft.data.loader import train_batches as train_batches
+from jaxopt_ft.data.records import Records as Records
 from jaxopt_ft.data.targets import TargetSpec as TargetSpec
 from jaxopt_ft.data.targets import available_targets as available_targets
 from jaxopt_ft.data.targets import derive_targets as derive_targets
@@ -32,6 +37,7 @@ from jaxopt_ft.data.targets import derive_targets as derive_targets
 __all__ = [
     "BUILTIN",
     "Dataset",
+    "Records",
     "TargetSpec",
     "available_targets",
     "batch_at",
@@ -41,6 +47,8 @@ __all__ = [
     "input_shape",
     "load",
     "num_classes",
+    "source",
+    "split_source",
     "subset",
     "train_batches",
 ]

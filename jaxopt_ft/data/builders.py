@@ -31,7 +31,10 @@ __all__ = [
     "data_dir_key",
     "input_shape",
     "num_classes",
+    "open_split",
     "read",
+    "read_records",
+    "stack",
 ]
 
 BUILTIN = ("mnist1d", "digits")
@@ -268,14 +271,87 @@ def _image_features(builder: tfds.core.DatasetBuilder) -> tuple[str, tuple[int, 
     return key, shape, int(label.num_classes)
 
 
-def _read_records(source: Sequence[Any]) -> list[Any]:
-    keys = list(range(len(source)))
+def read_records(source: Sequence[Any], keys: list[int]) -> list[Any]:
     try:
         # Bulk reads are ~2x faster than one record at a time.
         return list(source.__getitems__(keys))
-    except TypeError:
+    except (TypeError, AttributeError):
         # tfds.testing.mock_data's fake source only implements __getitem__.
         return [source[i] for i in keys]
+
+
+class Opened(NamedTuple):
+    """A split's random-access source and what reading it needs."""
+
+    source: Sequence[Any]
+    key: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    num_classes: int
+    builder: tfds.core.DatasetBuilder
+
+
+def open_split(name: str, split: str, *, data_dir: str | None = None) -> Opened:
+    """Opens a split's ArrayRecord files for random access, checking they are all there.
+
+    Args:
+        name: ``"mnist1d"``, ``"digits"`` or a TFDS catalog name prepared in ``data_dir``.
+        split: ``"train"`` or ``"test"``, optionally sliced (``"train[:25%]"``).
+        data_dir: TFDS data dir; ``None`` uses TFDS's default.
+
+    Raises:
+        ValueError: for an unknown name or split, a dataset that is not prepared (with the
+            command that prepares it) or only partly written (a shard missing or cut short),
+            or one that is not an image classification dataset.
+    """
+    _check_split(split)
+    builder = _builder(name, data_dir)
+    key, shape, classes = _image_features(builder)
+    try:
+        source = builder.as_data_source(split)
+    except Exception as err:
+        # Without prepared files TFDS fails in various ways (no random-access format, no such
+        # split); all of them mean the same thing to the user.
+        if not _is_prepared(builder):
+            raise ValueError(_not_prepared_message(builder, data_dir)) from err
+        if isinstance(err, NotImplementedError):
+            raise ValueError(_wrong_format_message(builder, data_dir)) from err
+        if isinstance(err, FileNotFoundError | OSError):
+            raise ValueError(_partial_message(builder, split, data_dir, err)) from err
+        raise
+    if _is_prepared(builder):  # (tfds.testing.mock_data fakes sources without any files)
+        _check_complete(builder, split, source, data_dir)
+    dtype = np.dtype(builder.info.features[key].np_dtype)
+    return Opened(source, key, shape, dtype, classes, builder)
+
+
+def _check_complete(builder, split: str, source: Sequence[Any], data_dir: str | None) -> None:
+    """Reads the last record of every shard: a missing or cut shard fails here, not mid-run."""
+    info = builder.info.splits[split.split("[")[0]]
+    missing = [os.fspath(p) for p in info.filepaths if not os.path.exists(os.fspath(p))]
+    if missing:
+        raise ValueError(_partial_message(builder, split, data_dir, f"missing {missing[0]}"))
+    if not split.endswith("]") and len(source) != info.num_examples:
+        raise ValueError(
+            _partial_message(
+                builder, split, data_dir, f"{len(source)} of {info.num_examples} records"
+            )
+        )
+    lasts = [int(i) for i in np.cumsum(info.shard_lengths) - 1] if "[" not in split else []
+    try:
+        read_records(source, lasts)
+    except Exception as err:  # noqa: BLE001 -- any unreadable shard means the same thing
+        raise ValueError(_partial_message(builder, split, data_dir, err)) from err
+
+
+def _partial_message(builder, split: str, data_dir: str | None, why: object) -> str:
+    root = _data_dir_text(data_dir)
+    return (
+        f"Dataset {builder.name!r} split {split!r} in the data dir {root!r} is only partly "
+        f"written ({str(why).splitlines()[0][:200]}). Copy or prepare the folder "
+        f"{builder.name}/ again, completely (`tfds build {builder.name} --data_dir={root} "
+        "--file_format=array_record`)."
+    )
 
 
 def read(name: str, split: str, *, data_dir: str | None = None) -> RawSplit:
@@ -291,27 +367,18 @@ def read(name: str, split: str, *, data_dir: str | None = None) -> RawSplit:
         The split's examples (float32 for mnist1d, uint8 images otherwise) and int32 labels.
 
     Raises:
-        ValueError: for an unknown name or split, a dataset that is not prepared (with the
-            command that prepares it), or one that is not an image classification dataset.
+        ValueError: as :func:`open_split`.
     """
-    _check_split(split)
-    builder = _builder(name, data_dir)
-    key, shape, _ = _image_features(builder)
-    try:
-        source = builder.as_data_source(split)
-    except Exception as err:
-        # Without prepared files TFDS fails in various ways (no random-access format, no such
-        # split); all of them mean the same thing to the user.
-        if not _is_prepared(builder):
-            raise ValueError(_not_prepared_message(builder, data_dir)) from err
-        if isinstance(err, NotImplementedError):
-            raise ValueError(_wrong_format_message(builder, data_dir)) from err
-        raise
-    records = _read_records(source)
-    if records:
-        x = np.stack([np.asarray(r[key]) for r in records])
+    opened = open_split(name, split, data_dir=data_dir)
+    return stack(opened, read_records(opened.source, list(range(len(opened.source)))))
+
+
+def stack(opened: Opened, records: Sequence[Any]) -> RawSplit:
+    """The records' features and labels as arrays."""
+    if len(records):
+        x = np.stack([np.asarray(r[opened.key]) for r in records])
     else:
-        x = np.zeros((0, *shape), builder.info.features[key].np_dtype)
+        x = np.zeros((0, *opened.shape), opened.dtype)
     label = np.asarray([r["label"] for r in records], np.int32)
     return RawSplit(x=x, label=label)
 

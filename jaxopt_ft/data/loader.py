@@ -1,7 +1,8 @@
 """Whole-split datasets in numpy, normalisation, stratified subsets and batch iterators.
 
 Datasets here are small enough to hold in memory, so a split is read once into numpy and batches
-are gathered from it by index. Training batches are a pure function of ``(seed, step)``: the
+are gathered from it by index through the grain pipeline (`jaxopt_ft.data.pipeline`). Training
+batches are a pure function of ``(seed, step)``: the
 permutation of epoch ``e`` comes from ``np.random.default_rng([seed, e])``, so a run resumed at
 step ``k`` sees exactly the batches an uninterrupted run sees.
 
@@ -13,23 +14,24 @@ Example::
 """
 
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from jaxopt_ft.data import builders
+from jaxopt_ft.data import builders, pipeline, records
 
 __all__ = [
+    "Arrays",
     "Dataset",
     "batch_at",
     "clear_cache",
     "eval_batches",
     "load",
+    "source",
+    "split_source",
     "subset",
     "train_batches",
 ]
-
-_CHUNK = 4096  # examples per chunk when computing statistics, to bound float64 temporaries
 
 
 class Dataset(NamedTuple):
@@ -49,50 +51,12 @@ class Dataset(NamedTuple):
 
 
 _DATASETS: dict[tuple[str, str, str], Dataset] = {}
-_STATS: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
 
 
 def clear_cache() -> None:
     """Forgets the in-process cache of loaded splits and normalisation statistics."""
     _DATASETS.clear()
-    _STATS.clear()
-
-
-def _scale(name: str) -> float:
-    """Returns the divisor that maps stored values to [0, 1] before standardising."""
-    if name == "mnist1d":
-        return 1.0  # already real-valued
-    if name == "digits":
-        return 16.0  # pixel values 0..16
-    return 255.0  # uint8 images
-
-
-def _moments(x: np.ndarray, *, per_channel: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation in float64, over all axes or all but the last."""
-    shape = (x.shape[-1],) if per_channel else ()
-    axes = tuple(range(x.ndim - 1)) if per_channel else None
-    count = x.size // (x.shape[-1] if per_channel else 1)
-    total = np.zeros(shape)
-    for start in range(0, len(x), _CHUNK):
-        total += np.sum(x[start : start + _CHUNK], axis=axes, dtype=np.float64)
-    mean = total / count
-    squares = np.zeros(shape)
-    for start in range(0, len(x), _CHUNK):
-        squares += np.sum(np.square(x[start : start + _CHUNK] - mean), axis=axes)
-    return mean, np.sqrt(squares / count)
-
-
-def _train_stats(
-    name: str, data_dir: str | None, key_dir: str, train: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (mean, std) of the scaled train split, computed once per process."""
-    if (name, key_dir) not in _STATS:
-        raw = builders.read(name, "train", data_dir=data_dir).x if train is None else train
-        scale = _scale(name)
-        mean, std = _moments(raw, per_channel=name not in builders.BUILTIN)
-        std = np.where(std > 0, std, scale)  # a constant channel stays at 0 instead of nan
-        _STATS[(name, key_dir)] = (mean / scale, std / scale)
-    return _STATS[(name, key_dir)]
+    records.clear_cache()
 
 
 def load(name: str, split: str, *, data_dir: str | None = None) -> Dataset:
@@ -103,7 +67,8 @@ def load(name: str, split: str, *, data_dir: str | None = None) -> Dataset:
     - ``mnist1d``: ``(x - mean) / std`` with scalar mean and std of the train features.
     - ``digits``: ``x / 16``, then standardised with the scalar train mean and std.
     - any other TFDS image dataset: ``x / 255``, then standardised per channel with the train
-      split's per-channel mean and std (computed over the whole train split, once per process).
+      split's per-channel mean and std (computed over the whole train split by a streaming
+      pass, cached in the data dir: `jaxopt_ft.data.records.train_stats`).
 
     Loaded splits are cached in-process by ``(name, split, data_dir)``; the cached arrays are
     read-only, so take a copy before changing them in place (``clear_cache`` empties the cache).
@@ -126,11 +91,8 @@ def load(name: str, split: str, *, data_dir: str | None = None) -> Dataset:
     cache_key = (name, split, key_dir)
     if cache_key not in _DATASETS:
         raw = builders.read(name, split, data_dir=data_dir)
-        mean, std = _train_stats(name, data_dir, key_dir, raw.x if split == "train" else None)
-        x = (raw.x.astype(np.float32) / np.float32(_scale(name)) - mean.astype(np.float32)) / (
-            std.astype(np.float32)
-        )
-        x = x.astype(np.float32, copy=False)
+        mean, std = records.train_stats(name, data_dir, raw.x if split == "train" else None)
+        x = records.normalise(raw.x, name, mean, std)
         label = raw.label.astype(np.int32)
         x.flags.writeable = False
         label.flags.writeable = False
@@ -231,33 +193,34 @@ def _stratified_rows(ds, keep, counts, *, fraction, per_class, seed) -> np.ndarr
     return np.sort(np.concatenate(rows)) if rows else np.zeros((0,), np.int64)
 
 
-def _check_batch_size(ds: Dataset, batch_size: int, *, train: bool) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
-        raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1.")
-    if train and batch_size > len(ds.label):
-        raise ValueError(
-            f"batch_size={batch_size} is larger than the {len(ds.label)} examples of "
-            f"{ds.name!r}; training drops incomplete batches, so pass batch_size <= "
-            f"{len(ds.label)}."
-        )
+class Arrays(NamedTuple):
+    """A `Dataset` as a grain-pipeline source (`jaxopt_ft.data.pipeline.Source`)."""
+
+    ds: Dataset
+
+    @property
+    def name(self) -> str:
+        return self.ds.name
+
+    def __len__(self) -> int:
+        return len(self.ds.label)
+
+    def read(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        return {"x": self.ds.x[rows], "label": self.ds.label[rows]}
 
 
-def _check_seed(seed: int) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed={seed!r} must be an integer >= 0.")
+def source(ds: Dataset | pipeline.Source) -> pipeline.Source:
+    """``ds`` as a pipeline source: a `Dataset` is wrapped, a source is returned as it is."""
+    return Arrays(ds) if isinstance(ds, Dataset) else ds
 
 
-def _epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-def batch_at(ds: Dataset, *, batch_size: int, seed: int, step: int) -> dict[str, np.ndarray]:
+def batch_at(
+    ds: Dataset | pipeline.Source, *, batch_size: int, seed: int, step: int
+) -> dict[str, np.ndarray]:
     """Returns the training batch of global step `step` (what `train_batches` yields there).
 
     Args:
-        ds: the training data.
+        ds: the training data (in memory, or a `jaxopt_ft.data.records.Records` source).
         batch_size: examples per batch, at most ``len(ds.label)``.
         seed: shuffling seed (>= 0).
         step: global step (>= 0).
@@ -268,31 +231,33 @@ def batch_at(ds: Dataset, *, batch_size: int, seed: int, step: int) -> dict[str,
     Raises:
         ValueError: for a batch size outside 1..len(ds), or a negative seed or step.
     """
-    _check_batch_size(ds, batch_size, train=True)
-    _check_seed(seed)
-    if step < 0:
+    if isinstance(step, int | np.integer) and step < 0:
         raise ValueError(f"step={step} must be >= 0.")
-    steps_per_epoch = len(ds.label) // batch_size
-    epoch, position = divmod(step, steps_per_epoch)
-    rows = _epoch_permutation(len(ds.label), seed, epoch)
-    rows = rows[position * batch_size : (position + 1) * batch_size]
-    return {"x": ds.x[rows], "label": ds.label[rows]}
+    return pipeline.batch_at(source(ds), batch_size=batch_size, seed=seed, step=step)
 
 
 def train_batches(
-    ds: Dataset, *, batch_size: int, seed: int, start_step: int = 0
+    ds: Dataset | pipeline.Source,
+    *,
+    batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    **options: Any,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Returns endless shuffled training batches, starting at global step `start_step`.
 
-    Each epoch is a fresh permutation from ``np.random.default_rng([seed, epoch])`` cut into
-    ``len(ds) // batch_size`` full batches (the remainder is dropped), so the batch at step ``k``
-    is a pure function of ``(seed, k)`` and a resumed run sees the same batches.
+    The grain pipeline of `jaxopt_ft.data.pipeline`: each epoch is a fresh permutation from
+    ``np.random.default_rng([seed, epoch])`` cut into ``len(ds) // batch_size`` full batches
+    (the remainder is dropped), so the batch at step ``k`` is a pure function of ``(seed, k)``
+    and a resumed run sees the same batches.
 
     Args:
-        ds: the training data.
-        batch_size: examples per batch, at most ``len(ds.label)``.
+        ds: the training data (in memory, or a `jaxopt_ft.data.records.Records` source).
+        batch_size: examples per (global) batch, at most ``len(ds.label)``.
         seed: shuffling seed (>= 0).
         start_step: global step of the first batch (>= 0), e.g. a restored checkpoint's step.
+        **options: `pipeline.train_batches`'s ``shard_index``, ``shard_count``, ``threads``,
+            ``workers``, ``prefetch`` and ``place``.
 
     Returns:
         An endless iterator of ``{"x": (batch_size, ...) float32, "label": (batch_size,) int32}``.
@@ -300,34 +265,22 @@ def train_batches(
     Raises:
         ValueError: for a batch size outside 1..len(ds), or a negative seed or start step.
     """
-    _check_batch_size(ds, batch_size, train=True)
-    _check_seed(seed)
-    if start_step < 0:
-        raise ValueError(f"start_step={start_step} must be >= 0.")
-    return _train_batches(ds, batch_size, seed, start_step)
+    return pipeline.train_batches(
+        source(ds), batch_size=batch_size, seed=seed, start_step=start_step, **options
+    )
 
 
-def _train_batches(
-    ds: Dataset, batch_size: int, seed: int, start_step: int
+def eval_batches(
+    ds: Dataset | pipeline.Source, *, batch_size: int
 ) -> Iterator[dict[str, np.ndarray]]:
-    steps_per_epoch = len(ds.label) // batch_size
-    epoch, position = divmod(start_step, steps_per_epoch)
-    while True:
-        rows = _epoch_permutation(len(ds.label), seed, epoch)
-        for i in range(position, steps_per_epoch):
-            batch = rows[i * batch_size : (i + 1) * batch_size]
-            yield {"x": ds.x[batch], "label": ds.label[batch]}
-        epoch, position = epoch + 1, 0
-
-
-def eval_batches(ds: Dataset, *, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
     """Returns one pass over `ds` in order, in batches of the same shape.
 
     The last batch is padded with zero rows; ``mask`` marks real rows with 1 and padding with 0,
     so a jitted eval step compiles once and ``sum(mask)`` counts every example exactly once.
 
     Args:
-        ds: the data to evaluate on.
+        ds: the data to evaluate on (in memory, or a `jaxopt_ft.data.records.Records` source,
+            read a batch at a time).
         batch_size: rows per batch (>= 1); may exceed ``len(ds.label)``.
 
     Returns:
@@ -337,15 +290,16 @@ def eval_batches(ds: Dataset, *, batch_size: int) -> Iterator[dict[str, np.ndarr
     Raises:
         ValueError: for a batch size below 1.
     """
-    _check_batch_size(ds, batch_size, train=False)
-    return _eval_batches(ds, batch_size)
+    src = source(ds)
+    pipeline.check_batch_size(len(src), src.name, batch_size, train=False)
+    return _eval_batches(src, batch_size)
 
 
-def _eval_batches(ds: Dataset, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    n = len(ds.label)
+def _eval_batches(src: pipeline.Source, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    n = len(src)
     for start in range(0, n, batch_size):
-        x = ds.x[start : start + batch_size]
-        label = ds.label[start : start + batch_size]
+        batch = src.read(np.arange(start, min(n, start + batch_size)))
+        x, label = batch["x"], batch["label"]
         real = len(label)
         mask = np.ones((batch_size,), np.float32)
         if real < batch_size:
@@ -354,3 +308,21 @@ def _eval_batches(ds: Dataset, batch_size: int) -> Iterator[dict[str, np.ndarray
             label = np.concatenate([label, np.zeros((pad,), label.dtype)])
             mask[real:] = 0.0
         yield {"x": x, "label": label, "mask": mask}
+
+
+def split_source(
+    name: str, split: str, *, data_dir: str | None = None, in_memory_mb: float = 1024.0
+) -> Dataset | records.Records:
+    """The split in memory (`load`) when it takes at most ``in_memory_mb`` MiB as float32,
+    else read from disk batch by batch (`records.Records`); both feed the same pipeline.
+
+    Raises:
+        ValueError: as `load`, or for a negative ``in_memory_mb``.
+    """
+    if isinstance(in_memory_mb, bool) or not isinstance(in_memory_mb, int | float):
+        raise ValueError(f"in_memory_mb={in_memory_mb!r} must be a number >= 0.")
+    if in_memory_mb < 0:
+        raise ValueError(f"in_memory_mb={in_memory_mb!r} must be >= 0 (0: always from disk).")
+    if records.split_mb(name, split, data_dir=data_dir) <= in_memory_mb:
+        return load(name, split, data_dir=data_dir)
+    return records.Records(name, split, data_dir=data_dir)

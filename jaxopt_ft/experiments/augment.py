@@ -60,7 +60,7 @@ def run(s: Settings, workdir: str, *, progress: bool = True) -> dict:
             state = common.new_state(model, k_init, ds.x[:1], tx)
             state, _ = common.fit_phase(
                 s, state, steps_by_arm[arm],
-                common.train_batches(ds, batch_size=s.train.batch_size, seed=seed),
+                common.train_batches(s, ds, batch_size=s.train.batch_size, seed=seed),
                 workdir=workdir, phase=f"{arm}_seed{seed}", steps=s.train.steps,
                 key=k_train, progress=progress,
             )  # fmt: skip

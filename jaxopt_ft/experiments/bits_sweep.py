@@ -56,7 +56,7 @@ def dense_phase(ctx: Setup) -> train.TrainState:
     k_init, k_train = jax.random.split(common.seed_key(s))
     tx = common.build_optimizer(s, steps=s.train.steps)
     state = common.new_state(ctx.model, k_init, ctx.train_ds.x[:1], tx)
-    batches = common.train_batches(ctx.train_ds, batch_size=s.train.batch_size, seed=s.seed)
+    batches = common.train_batches(s, ctx.train_ds, batch_size=s.train.batch_size, seed=s.seed)
     state, _ = common.fit_phase(
         s, state, common.classification_step(s), batches, workdir=ctx.workdir, phase="dense",
         steps=s.train.steps, key=k_train, progress=ctx.progress,
@@ -73,7 +73,7 @@ def one_row(ctx: Setup, dense: train.TrainState, method: str, bits: int, end: in
         params, stats = quantizing.qat(
             ctx, params, stats, weights=weights, acts=acts, phase=f"qat@{bits}"
         )
-    qparams = quant.quantize_params(params, quantizing.weight_rules(weights))
+    qparams = quantizing.quantize(ctx, params, weights)
     deq = quant.dequantize_params(qparams)
     ranges = None if acts is None else quantizing.calibrated_ranges(ctx, deq, stats)
     fwd = quantizing.fake_quant_forward(ctx, weights, acts, ranges)

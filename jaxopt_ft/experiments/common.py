@@ -9,11 +9,13 @@ settings.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
+import numpy as np
 import optax
 
 from jaxopt_ft import data, loop, models, optim, parallel, train
@@ -51,18 +53,9 @@ def build_optimizer(
       learning_rate: a phase's own peak rate instead of ``optimizer.learning_rate``.
       schedule: a phase's own schedule name instead of ``schedule.name``.
     """
-    o, sch = s.optimizer, s.schedule
+    o = s.optimizer
     k = o.accumulate_steps
-    lr = optim.schedule(
-        schedule or sch.name,
-        learning_rate=o.learning_rate if learning_rate is None else learning_rate,
-        steps=-(-steps // k),
-        warmup_steps=sch.warmup_steps,
-        decay_rate=sch.decay_rate,
-        boundaries=sch.boundaries,
-        scale=sch.scale,
-        end_value=sch.end_value,
-    )
+    lr = learning_rates(s, steps=steps, learning_rate=learning_rate, schedule=schedule)
     return optim.make(
         o.name,
         learning_rate=lr,
@@ -80,6 +73,23 @@ def build_optimizer(
     )
 
 
+def learning_rates(
+    s: Common, *, steps: int, learning_rate: float | None = None, schedule: str | None = None
+) -> optax.Schedule:
+    """The schedule (``update count -> rate``) `build_optimizer` builds from the same args."""
+    o, sch = s.optimizer, s.schedule
+    return optim.schedule(
+        schedule or sch.name,
+        learning_rate=o.learning_rate if learning_rate is None else learning_rate,
+        steps=-(-steps // o.accumulate_steps),
+        warmup_steps=sch.warmup_steps,
+        decay_rate=sch.decay_rate,
+        boundaries=sch.boundaries,
+        scale=sch.scale,
+        end_value=sch.end_value,
+    )
+
+
 def build_augment(s: Common, ds_name: str, *, num_classes: int):
     """``augment.ops`` as one ``(key, batch) -> batch`` function, or None."""
     from jaxopt_ft.data import augment
@@ -91,16 +101,54 @@ def build_augment(s: Common, ds_name: str, *, num_classes: int):
         raise type(e)(f"augment.ops={s.augment.ops!r}: {e}") from None
 
 
-def load_split(s: Common, split: str) -> data.Dataset:
-    return data.load(s.dataset.name, split, data_dir=s.dataset.data_dir or None)
+def load_split(s: Common, split: str, *, stream: bool = False) -> data.Dataset | data.Records:
+    """The split in memory, or with ``stream`` from disk when over ``dataset.in_memory_mb``.
+
+    Raises:
+      ValueError: the split is larger than ``dataset.in_memory_mb`` and the experiment needs
+        it in memory (no ``stream``).
+    """
+    d = s.dataset
+    ds = data.split_source(d.name, split, data_dir=d.data_dir or None, in_memory_mb=d.in_memory_mb)
+    if isinstance(ds, data.Records) and not stream:
+        raise ValueError(
+            f"dataset.in_memory_mb={d.in_memory_mb:g} is below the size of {d.name!r} {split!r}, "
+            f"and experiment {s.experiment!r} holds its splits in memory; raise "
+            "dataset.in_memory_mb, or use experiment 'train', which reads such splits from disk."
+        )
+    return ds
 
 
-def train_batches(ds: data.Dataset, *, batch_size: int, seed: int) -> Callable[[int], Iterator]:
-    """``start_step -> iterator`` over ``ds`` in the resume-exact order of ``seed``."""
-    return lambda start: data.train_batches(ds, batch_size=batch_size, seed=seed, start_step=start)
+def train_batches(
+    s: Common, ds: data.Dataset | data.Records, *, batch_size: int, seed: int
+) -> Callable[[int], Iterator]:
+    """``start_step -> iterator`` over ``ds`` in the resume-exact order of ``seed``.
+
+    The pipeline reads with ``dataset.threads`` threads and ``dataset.workers`` worker
+    processes, each process reads only its share of every batch (``jax.process_index()`` of
+    ``jax.process_count()``), and batches are put on the devices ahead of the step, in the
+    layout of the settings' strategy.
+    """
+    options = dict(
+        threads=s.dataset.threads,
+        workers=s.dataset.workers,
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
+        place=functools.partial(strategy(s).shard_batch, local=True),
+    )
+    return lambda start: data.train_batches(
+        ds, batch_size=batch_size, seed=seed, start_step=start, **options
+    )
 
 
-def evaluate(s: Common, apply_fn: Callable, variables: PyTree, ds: data.Dataset) -> dict:
+def sample_x(ds: data.Dataset | data.Records):
+    """One example row (a model's init input)."""
+    return data.source(ds).read(np.arange(1))["x"]
+
+
+def evaluate(
+    s: Common, apply_fn: Callable, variables: PyTree, ds: data.Dataset | data.Records
+) -> dict:
     """``test_loss`` and ``test_accuracy`` of a model over the whole of ``ds``."""
     return train.evaluate(apply_fn, variables, data.eval_batches(ds, batch_size=s.eval.batch_size))
 
@@ -124,10 +172,12 @@ def fit_phase(
     steps: int,
     key: jax.Array,
     progress: bool,
+    learning_rate: optax.Schedule | None = None,
 ) -> tuple[Any, dict]:
     """`loop.fit` with the settings' checkpoint cadence, logging, NaN policy and strategy.
 
     Every training phase of every experiment goes through here, so they behave alike.
+    ``learning_rate`` (`learning_rates` of the phase's optimizer) is logged when given.
     """
     return loop.fit(
         state,
@@ -144,6 +194,7 @@ def fit_phase(
         nan_policy=s.train.nan_policy,
         max_consecutive_nonfinite=s.train.max_consecutive_nonfinite,
         strategy=strategy(s),
+        learning_rate=learning_rate,
     )
 
 
@@ -165,8 +216,9 @@ def check_batch(s: Common, batch_size: int, key: str) -> None:
         raise ValueError(f"{key}={batch_size}: {e}") from None
 
 
-def validate_common(s: Common) -> data.Dataset:
-    """Checks what needs the data and the library (before any work); returns the train split.
+def validate_common(s: Common, *, stream: bool = False) -> data.Dataset | data.Records:
+    """Checks what needs the data and the library (before any work); returns the train split
+    (with ``stream``, read from disk when larger than ``dataset.in_memory_mb``).
 
     Raises:
       ValueError: an unavailable dataset or device count, a model option the model does not
@@ -179,11 +231,14 @@ def validate_common(s: Common) -> data.Dataset:
     num_classes = data.num_classes(s.dataset.name, data_dir=s.dataset.data_dir or None)
     build_model(s, num_classes=num_classes)
     build_augment(s, s.dataset.name, num_classes=num_classes)
-    train_ds = load_split(s, "train")
-    if s.train.batch_size > len(train_ds.label):
+    train_ds = load_split(s, "train", stream=stream)
+    n = len(data.source(train_ds))
+    if s.train.batch_size > n:
+        procs = jax.process_count()
+        share = f" ({n // procs} per process of {procs})" if procs > 1 else ""
         raise ValueError(
-            f"train.batch_size={s.train.batch_size} exceeds the {len(train_ds.label)} training "
-            f"examples of {s.dataset.name!r}; use a smaller batch size."
+            f"train.batch_size={s.train.batch_size} exceeds the {n} training examples{share} "
+            f"of {s.dataset.name!r}; use train.batch_size <= {n}."
         )
     return train_ds
 

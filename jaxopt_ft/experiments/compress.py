@@ -58,6 +58,27 @@ def _structured_target(s: Settings) -> float | list[tuple[str, float]]:
     return list(s.prune.structured_rules) or s.prune.structured_sparsity
 
 
+def _check_structured(s: Settings, groups: list) -> None:
+    """Every group keeps a unit: removing all heads (or units) of a block is no model."""
+    p = s.prune
+    names = {g.name: 0 for g in groups}
+    if p.structured_rules:
+        fractions = tree_lib.match_rules(
+            names, list(p.structured_rules), what="prune.structured_rules", default=0.0
+        )
+    else:
+        fractions = dict.fromkeys(names, p.structured_sparsity)
+    for g in groups:
+        removed = prune.num_removed(float(fractions[g.name]), g.size)
+        if removed >= g.size:
+            key = "prune.structured_rules" if p.structured_rules else "prune.structured_sparsity"
+            raise ValueError(
+                f"{key}: fraction {fractions[g.name]} removes {removed} of the {g.size} units of "
+                f"group {g.name!r}, which would leave it empty. Fix: remove at most "
+                f"{g.size - 1} of {g.size} (a fraction of {(g.size - 1) / g.size:.3g} or less)."
+            )
+
+
 def validate(s: Settings) -> None:
     """Surfaces the pruning library's errors before any training."""
     train_ds = common.validate_common(s)
@@ -71,11 +92,7 @@ def validate(s: Settings) -> None:
     )  # fmt: skip
     jax.eval_shape(tx.init, params)
     groups = prune.unit_groups(model, params)  # models without unit groups fail here
-    if p.structured_rules:
-        tree_lib.match_rules(
-            {g.name: 0 for g in groups}, list(p.structured_rules),
-            what="prune.structured_rules", default=0.0,
-        )  # fmt: skip
+    _check_structured(s, groups)
     if p.structured_steps:
         common.build_optimizer(
             s, steps=p.structured_steps, learning_rate=p.structured_learning_rate,

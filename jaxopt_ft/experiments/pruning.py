@@ -237,7 +237,9 @@ def row(
 
 def fit_phase(ctx: Context, state: train.TrainState, *, phase: str, steps: int, key: jax.Array):
     """A classification phase on the training split with the settings' batch and seed."""
-    batches = common.train_batches(ctx.train_ds, batch_size=ctx.s.train.batch_size, seed=ctx.s.seed)
+    batches = common.train_batches(
+        ctx.s, ctx.train_ds, batch_size=ctx.s.train.batch_size, seed=ctx.s.seed
+    )
     return common.fit_phase(
         ctx.s, state, common.classification_step(ctx.s), batches, workdir=ctx.workdir,
         phase=phase, steps=steps, key=key, progress=ctx.progress,

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxopt_ft import data, parallel, prune, quant, train
+from jaxopt_ft import ops as ops_lib
 from jaxopt_ft import tree as tree_lib
 from jaxopt_ft.experiments import common, pruning
 
@@ -62,6 +63,34 @@ def layer_bits(model, params: PyTree, bits: int, *, end_bits: int = 0) -> dict[s
     if end_bits and layers:
         out[layers[0]] = out[layers[-1]] = end_bits
     return out
+
+
+def model_ops(ctx: Any) -> dict[str, ops_lib.Op]:
+    """The weight ops of the experiment's model (an abstract trace on one test input)."""
+    x = jax.ShapeDtypeStruct((1, *ctx.test_ds.x.shape[1:]), jnp.float32)
+    variables = jax.eval_shape(ctx.model.init, jax.random.PRNGKey(0), x)
+    return ops_lib.find_ops(ctx.model, variables, x, train=False)
+
+
+def kernel_axes(ctx: Any) -> dict[str, tuple[int, ...]]:
+    """Per-output-channel scale axes of every kernel (per head and channel in attention)."""
+    return ops_lib.kernel_axes(model_ops(ctx))
+
+
+def quantize(ctx: Any, params: PyTree, weights: dict[str, int]) -> PyTree:
+    """``params`` with each layer's kernel quantized per output channel at its width."""
+    return quant.quantize_params(params, weight_rules(weights), axis=kernel_axes(ctx))
+
+
+def coverage(ctx: Any, qparams: PyTree) -> dict[str, Any]:
+    """``quantized_weight_fraction`` (of the matmul/conv weight entries) and ``quantized_ops``."""
+    flat = tree_lib.flatten(qparams, is_leaf=quant.is_qarray)
+    chosen = {p for p, x in flat.items() if quant.is_qarray(x)}
+    found = model_ops(ctx)
+    return {
+        "quantized_weight_fraction": ops_lib.weight_fraction(found, chosen),
+        "quantized_ops": sum(op.weight in chosen for op in found.values()),
+    }
 
 
 def weight_rules(per_layer: dict[str, int]) -> list[tuple[str, int | None]]:
@@ -105,6 +134,7 @@ def fake_quant_forward(
         weight_bits=weight_rules(weights),
         act_bits=None if acts is None else act_rules(acts),
         act_ranges=ranges,
+        weight_axis=kernel_axes(ctx),
     )
     return functools.partial(pruning._apply, fn)
 
@@ -138,6 +168,7 @@ def qat(
         ctx.model,
         weight_bits=weight_rules(weights),
         act_bits=None if acts is None else act_rules(acts),
+        weight_axis=kernel_axes(ctx),
         axis_name=common.strategy(ctx.s).axis_name,  # pmap: ranges over all devices
     )
     state = train.TrainState.create(
@@ -147,7 +178,9 @@ def qat(
         batch_stats=batch_stats,
     )
     key = jax.random.fold_in(common.seed_key(ctx.s), zlib.crc32(phase.encode()))
-    batches = common.train_batches(ctx.train_ds, batch_size=ctx.s.train.batch_size, seed=ctx.s.seed)
+    batches = common.train_batches(
+        ctx.s, ctx.train_ds, batch_size=ctx.s.train.batch_size, seed=ctx.s.seed
+    )
     state, _ = common.fit_phase(
         ctx.s, state, common.classification_step(ctx.s, apply_fn=apply_fn), batches,
         workdir=ctx.workdir, phase=phase, steps=q.qat_steps, key=key, progress=ctx.progress,
@@ -228,6 +261,7 @@ def measure(
         step_ms=None,
         inference=inference,
         encoding=encoding,
+        **coverage(ctx, qp),
         **pruning.counts(ctx, deq["params"]),
     )
     ctx.deployed[name] = (forward, variables)
@@ -261,7 +295,7 @@ def quant_rows(
 
     timer = common.Timer()
     ptq = layer_bits(ctx.model, dense.params, bits)
-    qp = quant.quantize_params(dense.params, weight_rules(ptq))
+    qp = quantize(ctx, dense.params, ptq)
     kw = {"qparams": qp, "weights": ptq, "batch_stats": dense.batch_stats}
     add("int8_ptq", timer, {"weight_bits": bits, "act_bits": bits, "observer": q.observer},
         acts=ptq, **kw)  # fmt: skip
@@ -278,7 +312,7 @@ def quant_rows(
     }
     params, stats = qat(ctx, dense.params, dense.batch_stats, weights=weights, acts=acts,
                         phase="qat")  # fmt: skip
-    qp = quant.quantize_params(params, weight_rules(weights))
+    qp = quantize(ctx, params, weights)
     add("qat_int4", timer, fields, qparams=qp, weights=weights, acts=acts, batch_stats=stats)
     if pruned is None:
         return rows
@@ -288,7 +322,7 @@ def quant_rows(
                         phase="pruned_qat", masks=masks)  # fmt: skip
     if masks is not None:
         params = prune.finalize(params, masks)
-    qp = quant.quantize_params(params, weight_rules(weights))
+    qp = quantize(ctx, params, weights)
     encodings = quant.ENCODINGS if max(weights.values()) <= 8 else ("dense",)
     add("pruned_quantized", timer, fields, qparams=qp, weights=weights, acts=acts,
         batch_stats=stats, encodings=encodings)  # fmt: skip

@@ -37,6 +37,11 @@ from jaxopt_ft.experiments.sections import (
 class Dataset:
     name: str = setting("mnist1d", f.text(allow_empty=False), "TFDS dataset name")
     data_dir: str = setting("", f.text(), "TFDS data dir ('' = the default)")
+    in_memory_mb: float = setting(
+        1024.0, f.number(0.0), "splits up to this size (float32 MiB) in memory, larger from disk"
+    )
+    threads: int = setting(1, f.integer(0), "grain threads reading batches (0 = inline)")
+    workers: int = setting(0, f.integer(0), "grain worker processes (0 = none)")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -122,7 +122,7 @@ def run(s: Settings, workdir: str, *, progress: bool = True) -> dict:
             tx=common.build_optimizer(rs, steps=r["steps"]),
             batch_stats=jax.tree.map(jnp.array, batch_stats),
         )
-        batches = common.train_batches(train_ds, batch_size=r["batch_size"], seed=s.seed)
+        batches = common.train_batches(s, train_ds, batch_size=r["batch_size"], seed=s.seed)
         state, summary = common.fit_phase(
             rs, state, step_fn, batches, workdir=workdir, phase=phase, steps=r["steps"],
             key=k_train, progress=progress,

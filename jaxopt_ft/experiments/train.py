@@ -16,28 +16,29 @@ from jaxopt_ft.experiments.settings import TrainSettings as Settings
 
 
 def validate(s: Settings) -> None:
-    common.validate_common(s)
+    common.validate_common(s, stream=True)
 
 
 def run(s: Settings, workdir: str, *, progress: bool = True) -> dict:
     timer = common.Timer()
-    train_ds = common.load_split(s, "train")
-    test_ds = common.load_split(s, "test")
+    train_ds = common.load_split(s, "train", stream=True)
+    test_ds = common.load_split(s, "test", stream=True)
     model = common.build_model(s, num_classes=train_ds.num_classes)
     k_init, k_train = jax.random.split(common.seed_key(s))
     tx = common.build_optimizer(s, steps=s.train.steps)
-    state = common.new_state(model, k_init, train_ds.x[:1], tx)
+    state = common.new_state(model, k_init, common.sample_x(train_ds), tx)
     augment = common.build_augment(s, s.dataset.name, num_classes=train_ds.num_classes)
     state, summary = common.fit_phase(
         s,
         state,
         common.classification_step(s, augment=augment),
-        common.train_batches(train_ds, batch_size=s.train.batch_size, seed=s.seed),
+        common.train_batches(s, train_ds, batch_size=s.train.batch_size, seed=s.seed),
         workdir=workdir,
         phase="train",
         steps=s.train.steps,
         key=k_train,
         progress=progress,
+        learning_rate=common.learning_rates(s, steps=s.train.steps),
     )
     metrics = common.evaluate(s, state.apply_fn, state.variables(), test_ds)
     if s.train.ema_decay:

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import optax
 
-from jaxopt_ft import data, finetune, loop, optim, report, timing, train
+from jaxopt_ft import data, finetune, loop, ops, optim, report, timing, train
 from jaxopt_ft import tree as tree_lib
 from jaxopt_ft.experiments import common
 from jaxopt_ft.experiments.settings import TransferSettings as Settings
@@ -45,9 +45,19 @@ def _labels_and_tx(t, mode: str, params, *, steps: int):
     return labels, optim.guard_nonfinite(finetune.optimizer(labels, transforms))
 
 
-def _mode_params(t, mode: str, params, key):
+def _fan_in(s: Settings, num_classes: int, x: np.ndarray) -> dict[str, int]:
+    """Leading fan-in axes of every kernel (attention: 1 for query/key/value, 2 for out)."""
+    model = common.build_model(s, num_classes=num_classes)
+    sample = jax.ShapeDtypeStruct((1, *x.shape[1:]), np.float32)
+    found = ops.find_ops(model, _abstract(s, num_classes, x), sample, train=False)
+    return lora.fan_in_axes(found)
+
+
+def _mode_params(t, mode: str, params, key, fan_in=None):
     if mode == "lora":
-        adapters = lora.init(params, targets=list(t.lora_targets), rank=t.lora_rank, key=key)
+        adapters = lora.init(
+            params, targets=list(t.lora_targets), rank=t.lora_rank, key=key, fan_in=fan_in
+        )
         return {"base": params, "lora": adapters}
     return params
 
@@ -80,9 +90,10 @@ def validate(s: Settings) -> None:
     else:
         source = _abstract(s, len(t.pretrain_classes), train_ds.x)
     finetune.load_pretrained(target, source, dont_load=list(t.dont_load))
+    fan_in = _fan_in(s, len(t.target_classes), train_ds.x)
     for mode in t.modes:
         if mode != "features":
-            params = _mode_params(t, mode, target["params"], jax.random.PRNGKey(0))
+            params = _mode_params(t, mode, target["params"], jax.random.PRNGKey(0), fan_in)
             _labels_and_tx(t, mode, params, steps=t.steps)
 
 
@@ -99,7 +110,7 @@ def _pretrain(s: Settings, workdir, train_ds, test_ds, progress) -> tuple[dict, 
     state = common.new_state(
         model, k_init, pre_train.x[:1], common.build_optimizer(s, steps=s.train.steps)
     )
-    batches = common.train_batches(pre_train, batch_size=s.train.batch_size, seed=s.seed)
+    batches = common.train_batches(s, pre_train, batch_size=s.train.batch_size, seed=s.seed)
     state, _ = common.fit_phase(
         s, state, common.classification_step(s), batches, workdir=workdir, phase="pretrain",
         steps=s.train.steps, key=k_train, progress=progress,
@@ -166,7 +177,8 @@ def _run_mode(ctx: _Context, mode: str) -> list[dict]:
     if mode == "features":
         return _features(ctx)
     abstract = _abstract(ctx.s, len(t.target_classes), ctx.train_ds.x)["params"]
-    params = _mode_params(t, mode, abstract, jax.random.PRNGKey(0))
+    fan_in = _fan_in(ctx.s, len(t.target_classes), ctx.train_ds.x)
+    params = _mode_params(t, mode, abstract, jax.random.PRNGKey(0), fan_in)
     labels, tx = _labels_and_tx(t, mode, params, steps=t.steps)
     apply_fn, export = ctx.model.apply, None
     if mode == "lora":
@@ -180,12 +192,13 @@ def _run_mode(ctx: _Context, mode: str) -> list[dict]:
     for seed in t.seeds:
         shot, params, batch_stats, k_lora, k_train = _start(ctx, mode, seed)
         state = train.TrainState.create(
-            apply_fn=apply_fn, params=_mode_params(t, mode, params, k_lora), tx=tx,
+            apply_fn=apply_fn, params=_mode_params(t, mode, params, k_lora, fan_in), tx=tx,
             batch_stats=batch_stats,
         )  # fmt: skip
         phase = f"{mode}_seed{seed}"
+        batches = common.train_batches(ctx.s, shot, batch_size=t.batch_size, seed=seed)
         state, summary = common.fit_phase(
-            ctx.s, state, step_fn, common.train_batches(shot, batch_size=t.batch_size, seed=seed),
+            ctx.s, state, step_fn, batches,
             workdir=ctx.workdir, phase=phase, steps=t.steps, key=k_train, progress=ctx.progress,
         )  # fmt: skip
         trainable, frozen = finetune.count_trainable(state.params, labels)

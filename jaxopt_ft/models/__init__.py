@@ -28,7 +28,7 @@ from jaxopt_ft.models._structure import UnitGroup
 from jaxopt_ft.models.lenet import LeNet5, LeNet300
 from jaxopt_ft.models.mnist1d import CNN1D, MLP, Logistic
 from jaxopt_ft.models.resnet import BasicBlock, ResNet
-from jaxopt_ft.models.vit import EncoderBlock, ViT
+from jaxopt_ft.models.vit import EncoderBlock, Transformer1D, ViT
 
 __all__ = [
     "NAMES",
@@ -40,6 +40,7 @@ __all__ = [
     "Logistic",
     "MLP",
     "ResNet",
+    "Transformer1D",
     "UnitGroup",
     "ViT",
     "fields",
@@ -55,6 +56,7 @@ _REGISTRY: dict[str, type[nn.Module]] = {
     "lenet5": LeNet5,
     "resnet": ResNet,
     "vit": ViT,
+    "transformer1d": Transformer1D,
 }
 
 NAMES: tuple[str, ...] = tuple(_REGISTRY)

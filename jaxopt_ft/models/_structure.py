@@ -27,19 +27,23 @@ class UnitGroup(NamedTuple):
     Attributes:
       name: group name (``"conv2"``, ``"stage1_block1/conv1"``, ``"hidden"``).
       size: number of units.
-      producers: params paths whose last axis indexes the units (kernels, biases, norms).
+      producers: params paths whose last axis indexes the units (kernels, biases, norms), or
+        ``(path, axis)`` when another axis does (attention heads: axis 1 of a query kernel
+        ``(hidden, heads, head_dim)``, axis 0 of its bias ``(heads, head_dim)``).
       stats: batch_stats paths whose last axis indexes the units (BatchNorm mean and var).
       consumers: params kernel paths whose input axis (-2) holds the units, possibly
-        repeated over positions after a flatten (index ``p * size + unit``).
+        repeated over positions after a flatten (index ``p * size + unit``), or
+        ``(path, axis)`` where ``axis`` indexes the units exactly (axis 0 of an attention
+        output projection ``(heads, head_dim, hidden)``).
       field: the model field holding this group's width.
       index: position in that field's tuple, or None when the group sets every entry.
     """
 
     name: str
     size: int
-    producers: tuple[str, ...]
+    producers: tuple[str | tuple[str, int], ...]
     stats: tuple[str, ...]
-    consumers: tuple[str, ...]
+    consumers: tuple[str | tuple[str, int], ...]
     field: str
     index: int | None
 

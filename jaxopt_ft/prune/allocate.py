@@ -16,7 +16,7 @@ sizes are static shapes) or a traced float32 scalar (counts rounded in float32, 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -259,13 +259,16 @@ def nm_masks(
     n: int,
     m: int,
     prunable: PyTree,
-    axis: int = -2,
+    axis: int | Mapping[str, int] = -2,
 ) -> PyTree:
     """N:M masks: in every group of ``m`` consecutive entries along ``axis`` keep the ``n`` best.
 
     The default ``axis=-2`` is the input axis of Dense ``(in, out)`` and Conv
     ``(..., in, out)`` kernels, so each output unit sees ``n`` of every ``m`` inputs (2:4 is
-    the pattern sparse tensor cores accelerate). Ties drop the lower index first.
+    the pattern sparse tensor cores accelerate). Ties drop the lower index first. Kernels whose
+    contraction axis is elsewhere (attention's ``(heads, head_dim, hidden)`` output projection,
+    an ``nn.Einsum``) take it per path: ``axis={p: ax[-1] for p, ax in
+    ops.contraction_axes(ops.find_ops(model, variables, x)).items()}`` (paths not named: -2).
 
     Raises:
       ValueError: ``n``/``m`` not integers with ``1 <= n <= m``, a prunable leaf with fewer
@@ -274,10 +277,13 @@ def nm_masks(
     check_nm(n, m)
     flat = tree.flatten(scores)
     names = masks_lib.prunable_paths(prunable)
+    axes = {p: axis.get(p, -2) if isinstance(axis, Mapping) else axis for p in names}
     bad = {
         p: tuple(np.shape(flat[p]))
         for p in names
-        if np.ndim(flat[p]) < 2 or np.shape(flat[p])[axis] % m != 0
+        if np.ndim(flat[p]) < 2
+        or not -np.ndim(flat[p]) <= axes[p] < np.ndim(flat[p])
+        or np.shape(flat[p])[axes[p]] % m != 0
     }
     if bad:
         raise ValueError(
@@ -290,10 +296,10 @@ def nm_masks(
         flat = {p: np.asarray(jax.device_get(x)) for p, x in flat.items()}
     out = {p: xp.ones(xp.shape(x), bool) for p, x in flat.items()}
     for p in names:
-        x = xp.moveaxis(flat[p], axis, -1)
+        x = xp.moveaxis(flat[p], axes[p], -1)
         groups = x.reshape(*x.shape[:-1], x.shape[-1] // m, m)
         keep = (_rank(groups, xp) >= m - n).reshape(x.shape)
-        out[p] = xp.moveaxis(keep, -1, axis)
+        out[p] = xp.moveaxis(keep, -1, axes[p])
     return tree.unflatten_like(scores, {p: jnp.asarray(k) for p, k in out.items()})
 
 
@@ -312,6 +318,7 @@ def compute_masks(
     *,
     sparsity: Sparsity | None = None,
     nm: tuple[int, int] | None = None,
+    nm_axis: int | Mapping[str, int] = -2,
     scorer: Any = "magnitude",
     scope: str = "layer",
     distribution: str = "uniform",
@@ -326,6 +333,8 @@ def compute_masks(
       params: the parameter pytree.
       sparsity: fraction of prunable weights to remove, in ``[0, 1)``.
       nm: ``(n, m)`` for N:M sparsity instead of ``sparsity`` (see :func:`nm_masks`).
+      nm_axis: the axis N:M groups run along, one for all or ``{path: axis}`` (see
+        :func:`nm_masks`; attention kernels: their contraction axis from ``jaxopt_ft.ops``).
       scorer: ``"magnitude"``, ``"random"`` (needs ``key``), ``"saliency"`` (needs ``grads``)
         or a callable ``(params, grads, key) -> scores``.
       scope: ``"layer"`` or ``"global"``.
@@ -357,7 +366,7 @@ def compute_masks(
     s = scores_lib.score(scorer, params, grads=grads, key=key)
     if nm is not None:
         n, m = _unpack_nm(nm)
-        return nm_masks(s, n=n, m=m, prunable=prunable)
+        return nm_masks(s, n=n, m=m, prunable=prunable, axis=nm_axis)
     check_sparsity(sparsity)
     check_scope(scope, distribution)
     if masks is not None:

@@ -6,9 +6,12 @@ consuming kernels' input rows. Models declare their groups themselves, so this m
 no model: a model that structured pruning can shrink has
 
 - ``model.unit_groups()``: its groups, each with ``name``, ``size``, ``producers`` (params
-  paths whose last axis indexes the units), ``stats`` (batch_stats paths likewise) and
-  ``consumers`` (kernel paths whose input axis -2 holds the units, possibly repeated over
-  positions after a flatten: index ``p * size + unit``); see ``jaxopt_ft.models.UnitGroup``;
+  paths whose last axis indexes the units, or ``(path, axis)`` pairs: an attention head is
+  axis 1 of a ``(hidden, heads, head_dim)`` query kernel), ``stats`` (batch_stats paths
+  likewise) and ``consumers`` (kernel paths whose input axis -2 holds the units, possibly
+  repeated over positions after a flatten: index ``p * size + unit``; or ``(path, axis)``
+  pairs: the heads axis 0 of a ``(heads, head_dim, hidden)`` output projection); see
+  ``jaxopt_ft.models.UnitGroup``;
 - ``model.narrowed(sizes)``: the same model with group ``name`` ``sizes[name]`` units wide.
 
 Masked model and compacted model agree because every removed unit outputs exactly zero in the
@@ -53,6 +56,22 @@ class Compacted(NamedTuple):
     kept: dict[str, np.ndarray]
 
 
+def _entry(e: str | tuple[str, int], default: int | None) -> tuple[str, int | None]:
+    """``(path, axis)`` of a producer/consumer entry; a bare path gets ``default``."""
+    return (e, default) if isinstance(e, str) else (e[0], int(e[1]))
+
+
+def _broadcast(drop: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    shape = [1] * ndim
+    shape[axis] = drop.size
+    return drop.reshape(shape)
+
+
+def _by_unit(x: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """``x`` as ``(-1, size)`` rows with the units axis last."""
+    return np.moveaxis(x, axis, -1).reshape(-1, size)
+
+
 def _declared(model: nn.Module, method: str) -> Any:
     fn = getattr(model, method, None)
     if not callable(fn):
@@ -78,9 +97,13 @@ def unit_groups(model: nn.Module, params: PyTree) -> list[Group]:
             "has nothing to remove. Fix: prune it unstructured with prune.compute_masks."
         )
     flat = tree.flatten(params)
-    missing = [p for g in groups for p in (*g.producers, *g.consumers) if p not in flat]
+    entries = [_entry(e, -1)[0] for g in groups for e in (*g.producers, *g.consumers)]
+    missing = [p for p in entries if p not in flat]
     wrong = [
-        p for g in groups for p in g.producers if p in flat and np.shape(flat[p])[-1] != g.size
+        p
+        for g in groups
+        for p, ax in map(lambda e: _entry(e, -1), g.producers)
+        if p in flat and np.shape(flat[p])[ax] != g.size
     ]
     if missing or wrong:
         raise ValueError(
@@ -106,8 +129,12 @@ def unit_scores(
     flat = tree.flatten(params)
     out = {}
     for g in groups:
-        kernels = [np.asarray(jax.device_get(flat[p])) for p in g.producers if p.endswith("kernel")]
-        stacked = np.concatenate([k.reshape(-1, g.size) for k in kernels]).astype(np.float32)
+        kernels = [
+            _by_unit(np.asarray(jax.device_get(flat[p])), ax, g.size)
+            for p, ax in (_entry(e, -1) for e in g.producers)
+            if p.endswith("kernel")
+        ]
+        stacked = np.concatenate(kernels).astype(np.float32)
         if norm == "l1":
             out[g.name] = np.sum(np.abs(stacked), axis=0)
         else:
@@ -163,10 +190,13 @@ def _unit_masks(params: PyTree, groups: Sequence[Group], removed: dict[str, Any]
     flat = tree.flatten(params)
     out = {p: np.ones(np.shape(x), bool) for p, x in flat.items()}
     for g in groups:
-        drop = removed[g.name]
-        for p in g.producers:
-            out[p] = out[p] & ~drop
-        for p in g.consumers:
+        drop = np.asarray(removed[g.name])
+        for p, ax in (_entry(e, -1) for e in g.producers):
+            out[p] = out[p] & ~_broadcast(drop, out[p].ndim, ax)
+        for p, ax in (_entry(e, None) for e in g.consumers):
+            if ax is not None:
+                out[p] = out[p] & ~_broadcast(drop, out[p].ndim, ax)
+                continue
             shape = out[p].shape
             rows = out[p].reshape(*shape[:-2], shape[-2] // g.size, g.size, shape[-1])
             out[p] = (rows & ~drop[:, None]).reshape(shape)
@@ -226,18 +256,21 @@ def compact(
     kept = {}
     for g in groups:
         alive = np.zeros(g.size, bool)
-        for p in g.producers:
-            alive |= m_flat[p].reshape(-1, g.size).any(axis=0)
+        for p, ax in (_entry(e, -1) for e in g.producers):
+            alive |= _by_unit(m_flat[p], ax, g.size).any(axis=0)
         if not alive.any():
             alive[0] = True  # A layer of width 0 is not a model; keep one (all-zero) unit.
         keep = np.flatnonzero(alive)
         kept[g.name] = keep
-        for p in g.producers:
-            p_flat[p] = _slice_last(p_flat[p], keep)
+        for p, ax in (_entry(e, -1) for e in g.producers):
+            p_flat[p] = np.take(p_flat[p], keep, axis=ax)
         for p in g.stats:
             s_flat[p] = _slice_last(s_flat[p], keep)
-        for p in g.consumers:
-            p_flat[p] = _slice_inputs(p_flat[p], keep, g.size)
+        for p, ax in (_entry(e, None) for e in g.consumers):
+            if ax is None:
+                p_flat[p] = _slice_inputs(p_flat[p], keep, g.size)
+            else:
+                p_flat[p] = np.take(p_flat[p], keep, axis=ax)
     new_model = narrowed({name: int(keep.size) for name, keep in kept.items()})
     new_params = _nested_like(params, p_flat)
     new_stats = None if batch_stats is None else _nested_like(batch_stats, s_flat)

@@ -1,12 +1,16 @@
 """Quantization: fake-quant (STE), PTQ with calibration, QAT, int8 inference, int4/sparse export.
 
 Pure functions over linen param trees. Weights are selected by ``(regex, bits)`` rules over
-param paths; activations are the inputs of ``nn.Dense`` / ``nn.Conv`` calls, reached through
-:func:`flax.linen.intercept_methods`, so models need no changes.
+param paths; activations are the inputs of every weight op (``nn.Dense``, ``nn.DenseGeneral``
+— attention's projections —, ``nn.Einsum``, ``nn.Conv``; :mod:`jaxopt_ft.ops`), reached
+through :func:`flax.linen.intercept_methods`, so models need no changes. Per-output-channel
+scales of any kernel shape come from ``ops.kernel_axes(ops.find_ops(model, variables, x))``.
 
 Example (PTQ, weights + activations, then integer inference)::
 
-    qparams = quantize_params(params, [("head/kernel", 8), (".*kernel", 8), (".*", None)])
+    axes = ops.kernel_axes(ops.find_ops(model, {"params": params}, x))
+    qparams = quantize_params(params, [("head/kernel", 8), (".*kernel", 8), (".*", None)],
+                              axis=axes)
     ranges = calibrate(model, {"params": params}, calib_batches, observer="percentile")
     logits = int8_apply(model, {"params": qparams}, x, act_ranges=ranges)
     size = export_quantized("model.jfq", qparams)
@@ -21,6 +25,7 @@ from jaxopt_ft.quant.core import (
     check_bits,
     dequantize,
     fake_quant,
+    is_qarray,
     pack_int4,
     qparams,
     quantize,
@@ -84,6 +89,7 @@ __all__ = [
     "fake_quant",
     "fake_quant_apply_fn",
     "fake_quant_params",
+    "is_qarray",
     "int8_apply",
     "int8_apply_fn",
     "layer_paths",

@@ -2,10 +2,13 @@
 
 :func:`int8_apply_fn` runs a model whose params hold :class:`~jaxopt_ft.quant.core.QArray`
 kernels (from :func:`~jaxopt_ft.quant.params.quantize_params`). An interceptor replaces each
-``nn.Dense`` / ``nn.Conv`` call: the input is quantized with the same scale and rounding as
-:func:`~jaxopt_ft.quant.qat.fake_quant_apply_fn`, multiplied with the integer kernel by
-``lax.dot_general`` / ``lax.conv_general_dilated`` with ``preferred_element_type=int32``, and
-the int32 accumulator is rescaled by ``act_scale * weight_scale`` and the float bias added. The
+weight op (``nn.Dense``, ``nn.DenseGeneral`` — attention's projections —, ``nn.Einsum``,
+``nn.Conv``): the input is quantized with the same scale and rounding as
+:func:`~jaxopt_ft.quant.qat.fake_quant_apply_fn`, multiplied with the integer kernel by the
+op's own einsum (:func:`jaxopt_ft.ops.equation`) or by im2col for a conv, with
+``preferred_element_type=int32``, and the int32 accumulator is rescaled by
+``act_scale * weight_scale`` (the weight's per-channel scales sit on its output axes, e.g. per
+head and channel of a 3-D attention kernel) and the float bias added. The
 integer accumulator is exact, so the result differs from the fake-quant model only by the float
 rounding of the latter's accumulation.
 
@@ -33,6 +36,7 @@ import numpy as np
 from flax.linen.linear import canonicalize_padding
 from jax import lax
 
+from jaxopt_ft import ops as ops_lib
 from jaxopt_ft import tree as tree_lib
 from jaxopt_ft.quant.core import QArray, is_qarray, quantize_values
 from jaxopt_ft.quant.layers import (
@@ -48,14 +52,14 @@ from jaxopt_ft.quant.params import dequantize_params
 ApplyFn = Callable[..., Any]
 
 
-def _check_weight(path: str, q: QArray) -> None:
-    ndim = len(q.shape)
-    if q.bits > 8 or not q.symmetric or q.axis not in (None, (ndim - 1,)):
+def _check_weight(path: str, q: QArray, out_axes: tuple[int, ...]) -> None:
+    if q.bits > 8 or not q.symmetric or not set(q.axis or ()) <= set(out_axes):
         raise ValueError(
             f"int8 inference: kernel {path!r} is quantized with bits={q.bits}, "
             f"symmetric={q.symmetric}, axis={q.axis}. Accepted: bits <= 8, symmetric, per "
-            "tensor or per output channel (axis=-1). Fix: quantize it so (quantize_params "
-            "defaults), or keep it in float with a None rule."
+            f"tensor or per channel along its output axes {out_axes}. Fix: quantize it so "
+            "(quantize_params with axis=ops.kernel_axes(ops)), or keep it in float with a "
+            "None rule."
         )
 
 
@@ -68,12 +72,26 @@ def _int_input(x: jax.Array, scale: jax.Array, zp: jax.Array, *, bits: int, symm
     return (q - shift).astype(jnp.int8), (zp - shift).astype(jnp.int32)
 
 
-def _dense(module: nn.Dense, x: jax.Array, xq, zp_s, kq: jax.Array):
-    dims = (((x.ndim - 1,), (0,)), ((), ()))
-    acc = lax.dot_general(xq, kq, dims, preferred_element_type=jnp.int32)
+def _to_output(v: jax.Array, kept: str, out: str) -> jax.Array:
+    """``v`` indexed by the kernel letters ``kept``, broadcastable against the output ``out``."""
+    order = sorted(range(len(kept)), key=lambda i: out.index(kept[i]))
+    v = jnp.transpose(v, order)
+    shape = [v.shape[order.index(kept.index(c))] if c in kept else 1 for c in out]
+    return v.reshape(shape)
+
+
+def _matmul(module: nn.Module, eq: str, xq, zp_s, q: QArray, kq: jax.Array):
+    """The op's einsum in integers, rescaled: returns the float output before the bias."""
+    lhs, out = eq.split("->")
+    ks = lhs.split(",")[1]
+    contract, kept_axes = ops_lib.equation_axes(eq)
+    kept = "".join(ks[i] for i in kept_axes)
+    acc = jnp.einsum(eq, xq, kq, preferred_element_type=jnp.int32)
     if zp_s is not None:
-        acc = acc - zp_s * jnp.sum(kq.astype(jnp.int32), axis=0)
-    return acc
+        ksum = jnp.sum(kq.astype(jnp.int32), axis=contract)
+        acc = acc - zp_s * _to_output(ksum, kept, out)
+    wscale = jnp.reshape(q.scale, [q.shape[i] if i in (q.axis or ()) else 1 for i in kept_axes])
+    return acc, _to_output(wscale, kept, out)
 
 
 def _conv_im2col(xq, kq, strides, padding, k_dil, fill) -> jax.Array:
@@ -166,9 +184,9 @@ def int8_interceptor(
     symmetric: bool,
     act_ranges: ActRanges | None,
 ) -> Callable[..., Any]:
-    """An interceptor that runs Dense/Conv layers with quantized kernels in integers.
+    """An interceptor that runs matmul and conv ops with quantized kernels in integers.
 
-    Layers whose kernel is float, or whose activation bits are None, run unchanged (in float).
+    Ops whose kernel is float, or whose activation bits are None, run unchanged (in float).
     """
 
     def interceptor(next_fun, args, kwargs, context):
@@ -181,21 +199,30 @@ def int8_interceptor(
         bits = lookup(bits_by_layer, path, "activation bits")
         if q is None or bits is None:
             return next_fun(*args, **kwargs)
-        _check_weight(kpath, q)
         if bits > 8:
             raise ValueError(
                 f"int8 inference: act bits {bits} for layer {path!r}. Accepted: 2-8. Fix: "
                 "use act bits <= 8, or fake_quant_apply_fn for wider activations."
             )
         x = args[0]
+        conv = isinstance(module, nn.Conv)
+        eq = None if conv else ops_lib.equation(module, x.ndim, args, kwargs)
+        out_axes = (len(q.shape) - 1,) if conv else ops_lib.equation_axes(eq)[1]
+        _check_weight(kpath, q, out_axes)
         scale, zp = act_qparams(x, path, bits=bits, symmetric=symmetric, act_ranges=act_ranges)
         xq, zp_s = _int_input(x, scale, zp, bits=bits, symmetric=symmetric)
         kq = q.int_values().reshape(q.shape).astype(jnp.int8)
-        run = _dense if isinstance(module, nn.Dense) else _conv
-        acc = run(module, x, xq, zp_s, kq)
-        y = acc.astype(jnp.float32) * (scale * q.scale.reshape(-1))
+        if conv:
+            acc, wscale = _conv(module, x, xq, zp_s, kq), q.scale.reshape(-1)
+        else:
+            acc, wscale = _matmul(module, eq, xq, zp_s, q, kq)
+        y = acc.astype(jnp.float32) * (scale * wscale)
         if module.use_bias:
-            y = y + module.get_variable("params", "bias")
+            bias = module.get_variable("params", "bias")
+            if eq is not None:  # an einsum's bias covers the kernel's letters in the output
+                out, ks = eq.split("->")[1], eq.split("->")[0].split(",")[1]
+                bias = bias.reshape([y.shape[i] if c in ks else 1 for i, c in enumerate(out)])
+            y = y + bias
         return y.astype(module.dtype or x.dtype)
 
     return interceptor

@@ -1,13 +1,17 @@
-"""Which Dense/Conv layers a model has, and per-layer activation quantization.
+"""Which weight ops a model has, and per-op activation quantization.
 
-The QAT, calibration and int8 paths all intercept ``__call__`` of ``nn.Dense`` and ``nn.Conv``
-with :func:`flax.linen.intercept_methods`. A layer is named by its module path
-(``"conv1"``, ``"block1/dense"``), which is also the prefix of its params (``"conv1/kernel"``),
-so one set of regex rules can speak about both.
+The QAT, calibration and int8 paths all intercept ``__call__`` of the layers that run a
+matmul or convolution against a weight (``nn.Dense``, ``nn.DenseGeneral`` — attention's four
+projections —, ``nn.Einsum``, ``nn.Conv``; see :mod:`jaxopt_ft.ops`) with
+:func:`flax.linen.intercept_methods`. An op is named by its module path (``"conv1"``,
+``"block1/attn/query"``), which is also the prefix of its params (``"conv1/kernel"``), so one
+set of regex rules can speak about both. ``nn.Embed`` tables are weight-only: their input is
+integer ids, so activation bits on an embedding are an error.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,32 +20,49 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxopt_ft import ops as ops_lib
 from jaxopt_ft import tree as tree_lib
 from jaxopt_ft.quant.core import check_bits, qparams
 
 PyTree = Any
-LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Dense, nn.Conv)
+LAYER_TYPES: tuple[type[nn.Module], ...] = tuple(ops_lib.MATMUL_TYPES)
 ActRanges = Mapping[str, tuple[float, float]]
+layer_path = ops_lib.module_path
 
 
 def is_layer_call(context: Any) -> bool:
-    """Whether an interceptor context is ``__call__`` of a Dense or Conv."""
-    return context.method_name == "__call__" and isinstance(context.module, LAYER_TYPES)
+    """Whether an interceptor context is ``__call__`` of a matmul or conv layer."""
+    return ops_lib.is_weight_call(context)
 
 
-def layer_path(module: nn.Module) -> str:
-    """The module's path joined with ``/`` (the prefix of its params' paths)."""
-    return "/".join(str(p) for p in module.path)
+def _owners(params: PyTree, leaf_name: str) -> list[str]:
+    out = []
+    for p in tree_lib.paths(params):
+        head, _, leaf = p.rpartition("/")
+        if leaf == leaf_name:
+            out.append(head)
+    return out
 
 
 def layer_paths(params: PyTree) -> list[str]:
     """Paths of the layers owning a ``kernel`` leaf in ``params``, in leaf order."""
-    out = []
-    for p in tree_lib.paths(params):
-        head, _, leaf = p.rpartition("/")
-        if leaf == "kernel":
-            out.append(head)
-    return out
+    return _owners(params, "kernel")
+
+
+def _check_no_embed(params: PyTree, rules: Sequence[tuple[str, Any]]) -> None:
+    """A rule meant for an embedding (it matches one and no matmul layer) is an error."""
+    layers = layer_paths(params)
+    for table in _owners(params, "embedding"):
+        for pattern, bits in rules:
+            if bits is None or not isinstance(pattern, str) or not re.fullmatch(pattern, table):
+                continue
+            if not any(re.fullmatch(pattern, p) for p in layers):
+                raise ValueError(
+                    f"activation bits rule ({pattern!r}, {bits}) names embedding op {table!r}: "
+                    "an nn.Embed takes integer ids, which cannot be fake-quantized. Fix: "
+                    f"quantize its table with a weight rule ({table + '/embedding'!r}, bits) "
+                    "and give it no activation bits."
+                )
 
 
 def act_bits_map(
@@ -58,6 +79,8 @@ def act_bits_map(
       ValueError: Bad bits, or rules that match nothing / leave a layer uncovered.
     """
     layers = {p: 0 for p in layer_paths(params)}
+    if not (act_bits is None or isinstance(act_bits, int)):
+        _check_no_embed(params, act_bits)
     if act_bits is None or (isinstance(act_bits, int) and not isinstance(act_bits, bool)):
         rules: Sequence[tuple[str, Any]] = [(".*", act_bits)]
         values = tree_lib.match_rules(layers, rules, what="activation bits", allow_unused=True)

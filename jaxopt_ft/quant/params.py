@@ -8,7 +8,7 @@ bare int instead of rules means "every ``kernel`` at that width, everything else
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -27,6 +27,8 @@ from jaxopt_ft.quant.core import (
 
 PyTree = Any
 BitsRules = int | None | Sequence[tuple[str, Any]]
+# One channel axis (axes) for every leaf, or per path (``ops.kernel_axes``; others get -1).
+Axes = Axis | Mapping[str, Axis]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -52,7 +54,7 @@ def weight_specs(
     params: PyTree,
     rules: BitsRules,
     *,
-    axis: Axis = -1,
+    axis: Axes = -1,
     symmetric: bool = True,
     what: str = "weight bits rules",
 ) -> dict[str, QuantSpec | None]:
@@ -62,7 +64,9 @@ def weight_specs(
       params: A param tree (only paths and shapes are read).
       rules: ``[(regex, bits | QuantSpec | None), ...]`` (first full match wins, every leaf
         must be covered, every rule must match), or an int for all ``kernel`` leaves, or None.
-      axis: Default channel axis for int rule values.
+      axis: Default channel axis for int rule values, or ``{path: axis}`` (paths it does
+        not name get -1), e.g. ``ops.kernel_axes(ops.find_ops(...))`` for per-output-channel
+        scales on every kernel shape (attention's 3-D kernels: per head and channel).
       symmetric: Default symmetry for int rule values.
       what: Name used in error messages.
 
@@ -87,7 +91,8 @@ def weight_specs(
             continue
         if not isinstance(v, QuantSpec):
             bits = check_bits(v, what=f"{what}: bits for {path!r}")
-            v = QuantSpec(bits=bits, axis=axis, symmetric=symmetric)
+            ax = axis.get(path, -1) if isinstance(axis, Mapping) else axis
+            v = QuantSpec(bits=bits, axis=ax, symmetric=symmetric)
         try:
             canonical_axis(v.axis, len(shapes[path]))
         except ValueError as e:
@@ -97,7 +102,7 @@ def weight_specs(
 
 
 def quantize_params(
-    params: PyTree, rules: BitsRules, *, axis: Axis = -1, symmetric: bool = True
+    params: PyTree, rules: BitsRules, *, axis: Axes = -1, symmetric: bool = True
 ) -> PyTree:
     """Post-training weight quantization: QArray leaves where a rule gives bits.
 
@@ -105,7 +110,8 @@ def quantize_params(
       params: A linen param tree.
       rules: See :func:`weight_specs`, e.g.
         ``[("head/kernel", 8), (".*kernel", 4), (".*", None)]``.
-      axis: Default channel axis (-1: per output channel).
+      axis: Default channel axis (-1: the last), or ``{path: axis}`` (see
+        :func:`weight_specs`).
       symmetric: Default symmetry.
 
     Returns:
@@ -129,7 +135,7 @@ def dequantize_params(qparams: PyTree) -> PyTree:
 
 
 def fake_quant_params(
-    params: PyTree, rules: BitsRules, *, axis: Axis = -1, symmetric: bool = True
+    params: PyTree, rules: BitsRules, *, axis: Axes = -1, symmetric: bool = True
 ) -> PyTree:
     """Fake-quantizes the leaves a rule gives bits (straight-through gradients), for QAT.
 

@@ -2,7 +2,8 @@
 
 :func:`fake_quant_apply_fn` wraps ``model.apply``: weights are fake-quantized as a pure map over
 the param tree (:func:`~jaxopt_ft.quant.params.fake_quant_params`) before the forward, and the
-input of every ``nn.Dense`` / ``nn.Conv`` call is fake-quantized by an interceptor registered
+input of every weight op (``nn.Dense``, ``nn.DenseGeneral``, ``nn.Einsum``, ``nn.Conv``; see
+:mod:`jaxopt_ft.ops`) is fake-quantized by an interceptor registered
 with :func:`flax.linen.intercept_methods`. Gradients pass straight through both.
 
 Why ``intercept_methods`` rather than an injected ``dot_general`` / conv: the interceptor sees
@@ -21,7 +22,7 @@ from typing import Any
 
 import flax.linen as nn
 
-from jaxopt_ft.quant.core import Axis, fake_quant
+from jaxopt_ft.quant.core import fake_quant
 from jaxopt_ft.quant.layers import (
     ActRanges,
     act_bits_map,
@@ -30,7 +31,7 @@ from jaxopt_ft.quant.layers import (
     layer_path,
     lookup,
 )
-from jaxopt_ft.quant.params import BitsRules, fake_quant_params
+from jaxopt_ft.quant.params import Axes, BitsRules, fake_quant_params
 
 ApplyFn = Callable[..., Any]
 
@@ -42,7 +43,7 @@ def activation_interceptor(
     act_ranges: ActRanges | None,
     axis_name: str | None = None,
 ) -> Callable[..., Any]:
-    """An interceptor that fake-quantizes the input of each Dense/Conv call.
+    """An interceptor that fake-quantizes the input of each matmul / conv op.
 
     Args:
       bits_by_layer: ``{layer path: bits or None}`` from
@@ -73,7 +74,7 @@ def fake_quant_apply_fn(
     weight_bits: BitsRules = 8,
     act_bits: int | None | list[tuple[str, Any]] = 8,
     act_ranges: ActRanges | None = None,
-    weight_axis: Axis = -1,
+    weight_axis: Axes = -1,
     weight_symmetric: bool = True,
     act_symmetric: bool = False,
     axis_name: str | None = None,
@@ -84,14 +85,16 @@ def fake_quant_apply_fn(
     PTQ and of :func:`~jaxopt_ft.quant.int8.int8_apply_fn` (same integers, same scales).
 
     Args:
-      model: A linen module using ``nn.Dense`` / ``nn.Conv``.
+      model: A linen module (its Dense / DenseGeneral / Einsum / Conv calls are the ops).
       weight_bits: Rules over param paths, e.g. ``[("conv1/kernel", 8), ("head/kernel", 8),
         (".*kernel", 4), (".*", None)]``; an int means every kernel at that width; None none.
       act_bits: Width of every layer's input, None for float inputs, or rules over layer
         paths, e.g. ``[("conv1|head", 8), (".*", 4)]``.
       act_ranges: Calibrated ``{layer: (lo, hi)}`` (:func:`calibrate`), or None to use each
         batch's min/max (typical during QAT).
-      weight_axis: Default per-channel axis of weights (-1: output channels).
+      weight_axis: Default per-channel axis of weights (-1: the last), or ``{path: axes}``:
+        ``ops.kernel_axes(ops.find_ops(model, variables, x))`` gives every kernel its output
+        axes (attention projections: per head and channel).
       weight_symmetric: Default weight symmetry.
       act_symmetric: Symmetric activations; the default asymmetric spends all levels on the
         non-negative outputs of a ReLU.
@@ -134,7 +137,7 @@ def qat_apply(
     weight_bits: BitsRules = 8,
     act_bits: int | None | list[tuple[str, Any]] = 8,
     act_ranges: ActRanges | None = None,
-    weight_axis: Axis = -1,
+    weight_axis: Axes = -1,
     weight_symmetric: bool = True,
     act_symmetric: bool = False,
     **kwargs: Any,
