@@ -147,7 +147,7 @@ def _run_one(ctx, s: Settings, method: str, sparsity: float, init, rules, uses) 
             ctx.model.apply, sparsity=sparsity, rules=rules, distribution=s.sparse.distribution
         )
     name = "dense" if method == "dense" else f"{method}@{sparsity:g}"
-    batches = common.train_batches(ctx.train_ds, batch_size=s.train.batch_size, seed=s.seed)
+    batches = common.train_batches(s, ctx.train_ds, batch_size=s.train.batch_size, seed=s.seed)
     state, summary = common.fit_phase(
         s, state, common.classification_step(s, apply_fn=apply_fn), batches,
         workdir=ctx.workdir, phase=name, steps=s.train.steps, key=ctx.keys["dense"],
