@@ -14,7 +14,13 @@ a step whose gradient holds a NaN or Inf leaves the parameters, optimizer state 
 statistics untouched, and its metrics carry ``nonfinite_consecutive`` and ``nonfinite_total``.
 With ``fit(..., nan_policy="stop")`` the run ends after ``max_consecutive_nonfinite`` such
 steps in a row with :class:`NonFiniteError` (a ValueError: the CLI prints it as one line and
-exits with code 2), without saving a checkpoint past the last good one.
+exits with code 2), without saving a checkpoint past the last good one. A phase that ends with
+non-finite parameters raises :class:`NonFiniteModelError` after saving them (the CLI exits with
+code 3), so a NaN model never passes for a result.
+
+Stopping: after :func:`request_stop` (the CLI calls it on SIGTERM / SIGINT) the running phase
+saves a checkpoint at the step it has reached and raises :class:`Interrupted`; resuming gives
+what the uninterrupted run gives, also in phases that otherwise save only at the end.
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ from __future__ import annotations
 import collections
 import functools
 import json
+import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -43,6 +51,34 @@ NAN_POLICIES = ("skip", "stop")
 
 class NonFiniteError(ValueError):
     """Training hit too many consecutive non-finite updates (``nan_policy="stop"``)."""
+
+
+class NonFiniteModelError(RuntimeError):
+    """A phase ended with non-finite parameters (saved, so that they can be inspected)."""
+
+
+class Interrupted(Exception):
+    """A stop was requested (:func:`request_stop`); the phase's progress is saved."""
+
+    def __init__(self, phase: str, step: int, saved: bool):
+        where = f"a checkpoint at step {step} of phase {phase!r} is saved" if saved else (
+            f"phase {phase!r} stopped at step {step}"
+        )
+        super().__init__(f"stopped; {where}. Run the same command again to resume.")
+        self.phase, self.step, self.saved = phase, step, saved
+
+
+_STOP = threading.Event()
+
+
+def request_stop() -> None:
+    """Asks the running (or next) phase to save at its current step and raise Interrupted."""
+    _STOP.set()
+
+
+def clear_stop() -> None:
+    """Forgets a stop request (a process that fits again after an :class:`Interrupted`)."""
+    _STOP.clear()
 
 
 @functools.lru_cache(maxsize=64)
@@ -99,6 +135,8 @@ class MetricsLog:
 
     def append(self, step: int, values: dict[str, float]) -> None:
         if self.path:
+            # Non-finite numbers are written as null: every line stays valid JSON.
+            values = {k: v if math.isfinite(v) else None for k, v in values.items()}
             with open(self.path, "a") as f:
                 f.write(json.dumps({"phase": self.phase, "step": step, **values}) + "\n")
 
@@ -230,6 +268,8 @@ def fit(
     Raises:
       NonFiniteError: ``nan_policy="stop"`` and too many consecutive non-finite updates; the
         checkpoints written before stay as they were.
+      NonFiniteModelError: the phase ended with non-finite parameters (they are saved).
+      Interrupted: :func:`request_stop` was called; the state at the step reached is saved.
     """
     _check_args(steps, nan_policy, max_consecutive_nonfinite)
     strategy = strategy or parallel.make("none")
@@ -252,6 +292,7 @@ def fit(
             monitor=monitor,
             save=_saver(ckpt, strategy, checkpoint_every, steps),
             progress=progress,
+            stop=_stopper(ckpt, strategy, phase),
         )
         if ckpt and (steps > 0 or ckpt.latest_step() is None):
             ckpt.save(steps, strategy.unwrap(state).tree())
@@ -260,6 +301,7 @@ def fit(
             ckpt.close()
     jax.block_until_ready(state)
     state = parallel.local(strategy.unwrap(state))
+    _check_finite(state, phase, steps)
     return state, _summary(state, last, log, start, steps, t_start, t_first)
 
 
@@ -292,9 +334,40 @@ def _saver(ckpt, strategy, every: int, steps: int) -> Callable[..., None] | None
     return save
 
 
-def _run(state, step_fn, batches, *, start, steps, key, log, log_every, monitor, save, progress):
+def _stopper(ckpt, strategy, phase: str) -> Callable[..., None]:
+    """``(done, state, monitor) -> None`` raising Interrupted (after a save) once asked to stop."""
+
+    def stop(done: int, state: Any, monitor: NonFiniteMonitor) -> None:
+        if not _STOP.is_set():
+            return
+        monitor.check()  # never save past a stopping point
+        saved = ckpt is not None and done > 0
+        if saved and ckpt.latest_step() != done:
+            ckpt.save(done, strategy.unwrap(state).tree())
+        raise Interrupted(phase, done, saved)
+
+    return stop
+
+
+def _check_finite(state: Any, phase: str, steps: int) -> None:
+    flat = jax.tree_util.tree_flatten_with_path(getattr(state, "params", None))[0]
+    flat = [(p, x) for p, x in flat if jax.numpy.issubdtype(x.dtype, jax.numpy.inexact)]
+    finite = jax.device_get([jax.numpy.isfinite(x).all() for _, x in flat])
+    bad = [jax.tree_util.keystr(p, simple=True, separator="/") for (p, _), ok in zip(flat, finite) if not ok]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise NonFiniteModelError(
+            f"phase {phase!r} ended at step {steps} with non-finite parameters ({shown}); lower "
+            "the learning rate, set optimizer.clip_norm, or use train.nan_policy='stop'."
+        )
+
+
+def _run(
+    state, step_fn, batches, *, start, steps, key, log, log_every, monitor, save, progress, stop
+):
     """The step loop; returns ``(state, last logged metrics, time of the first finished step)``."""
     last, t_first = {}, None
+    stop(start, state, monitor)
     if start >= steps:
         return state, last, t_first
     from tqdm.auto import tqdm
@@ -323,6 +396,7 @@ def _run(state, step_fn, batches, *, start, steps, key, log, log_every, monitor,
             bar.update(1)
             if save is not None:
                 save(done, state, monitor)
+            stop(done, state, monitor)
         monitor.check()
     return state, last, t_first
 
