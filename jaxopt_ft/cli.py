@@ -133,8 +133,9 @@ def _load_config():
 
     try:
         config = _CONFIG.value
-        if config is not None:
-            config.keys()  # config_flags defers load errors to the first access
+        error = getattr(type(config), "_ReportError", None)  # config_flags' deferred load error
+        if error is not None:
+            error(config)
     except Exception as e:  # noqa: BLE001 - whatever a config file raises is bad input
         _fail(_load_error(e))
     if config is not None and not isinstance(config, ml_collections.ConfigDict):
@@ -156,6 +157,8 @@ def main(argv) -> None:
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     config = _load_config()
+    if config is not None:
+        _switch_model(config)
     debug = bool(os.environ.get("JAXOPT_FT_DEBUG"))
     try:
         if command == "train":
@@ -174,6 +177,33 @@ def main(argv) -> None:
         if debug:
             raise
         _fail(str(e))
+
+
+def _switch_model(config) -> None:
+    """Drops the config file's model options that a model chosen on the command line lacks.
+
+    ``--config.model.name=mlp`` on a CNN config would otherwise fail on the CNN's ``channels``,
+    which no flag can remove. Options given on the command line are kept (and checked).
+    """
+    given = {a.partition("=")[0].removeprefix("--config.model.") for a in _ARGV}
+    if "name" not in given or "model" not in config:
+        return
+    from jaxopt_ft import models
+
+    name = config.model.get("name")
+    if name not in models.NAMES:
+        return  # validation names the accepted models
+    accepted = models.fields(name)
+    dropped = [k for k in config.model if k != "name" and k not in accepted and k not in given]
+    if dropped:
+        with config.unlocked():
+            for k in dropped:
+                del config.model[k]
+        print(
+            f"jaxopt-ft: note: dropped the config file's model option(s) {', '.join(dropped)}: "
+            f"not options of model {name!r}.",
+            file=sys.stderr,
+        )
 
 
 def _describe(config) -> None:
@@ -267,11 +297,15 @@ def invoke(argv: list[str]) -> int:
     For tests and notebooks: the flags are parsed afresh on every call.
     """
     flags.FLAGS.unparse_flags()
+    for name in [n for n in flags.FLAGS if n.startswith("config.")]:
+        delattr(flags.FLAGS, name)  # the previous call's override flags hold its config
+    saved, sys.argv = sys.argv, ["jaxopt-ft", *argv]  # config_flags reads overrides from it
     try:
-        rest = _parse_flags(["jaxopt-ft", *argv])
-        main(rest)
+        main(_parse_flags(list(sys.argv)))
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = saved
     return 0
 
 

@@ -9,6 +9,7 @@ loads without jax (config files import it).
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -36,6 +37,13 @@ from jaxopt_ft.experiments.sections import (
 class Dataset:
     name: str = setting("mnist1d", f.text(allow_empty=False), "TFDS dataset name")
     data_dir: str = setting("", f.text(), "TFDS data dir ('' = the default)")
+
+    def check(self, key) -> None:
+        if self.data_dir and os.path.exists(self.data_dir) and not os.path.isdir(self.data_dir):
+            raise ValueError(
+                f"{key('data_dir')}={self.data_dir!r} is not a directory; pass the TFDS data "
+                "dir (a folder), or '' for the default."
+            )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
