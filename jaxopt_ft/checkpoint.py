@@ -90,19 +90,23 @@ class Checkpointer:
         for s in steps:
             try:
                 restored = self._manager.restore(s, args=ocp.args.StandardRestore(abstract_target))
-                return s, restored
             except Exception as e:  # noqa: BLE001 -- any unreadable checkpoint falls back
                 first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                errors.append(f"step {s}: {type(e).__name__}: {first_line[:300]}")
+                errors.append((s, type(e).__name__, first_line[:300]))
+                continue
+            # Warned only when an older checkpoint was used; when none fits, the error says all.
+            for bad, _, reason in errors:
                 logging.warning(
-                    "Checkpoint at step %d in %s cannot be restored (%s); trying an older one.",
-                    s,
+                    "Checkpoint at step %d in %s cannot be restored (%s); used step %d.",
+                    bad,
                     self.directory,
-                    first_line[:300],
+                    reason,
+                    s,
                 )
+            return s, restored
         raise ValueError(
             f"No checkpoint in {self.directory} can be restored into this model/optimizer "
-            f"({'; '.join(errors)}). Use a fresh --workdir or delete that directory."
+            f"({'; '.join(f'step {s}: {kind}: {why}' for s, kind, why in errors)}). Use a fresh --workdir or delete that directory."
         )
 
     def delete_after(self, step: int) -> None:

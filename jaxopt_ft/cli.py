@@ -32,6 +32,11 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     False,
     "Resume in a workdir whose config.json differs from this config (the new config wins).",
 )
+_QUICK = flags.DEFINE_bool(
+    "quick",
+    False,
+    "Smoke run: every phase cut to 20 steps, two seeds, short timing (recorded in config.json).",
+)
 
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
@@ -159,6 +164,10 @@ def main(argv) -> None:
     config = _load_config()
     if config is not None:
         _switch_model(config)
+        if _QUICK.value:
+            from jaxopt_ft.experiments import quick
+
+            quick.shorten(config)
     debug = bool(os.environ.get("JAXOPT_FT_DEBUG"))
     try:
         if command == "train":
@@ -228,6 +237,7 @@ def _train(config, workdir: str | None, *, debug: bool) -> None:
     new = config_json(config)
     workdir_lib.check(workdir, new, allow_change=_ALLOW_CONFIG_CHANGE.value)
     main_process = parallel.is_main_process()
+    _quiet_orbax_shutdown()
     with (
         workdir_lib.lock(workdir) if main_process else contextlib.nullcontext(),
         _stop_signals() as caught,
@@ -255,6 +265,25 @@ def _train(config, workdir: str | None, *, debug: bool) -> None:
     report_lib.write(workdir, report)
     for row in report["rows"]:
         print(json.dumps(row))
+
+
+def _quiet_orbax_shutdown() -> None:
+    """Drops the tracebacks of orbax reads abandoned when a restore fails (its event loop is
+    closed by then); every other unraisable exception is reported as before."""
+    default = sys.unraisablehook
+
+    def hook(unraisable):
+        exc, frames = unraisable.exc_value, []
+        tb = getattr(exc, "__traceback__", None)
+        while tb is not None:
+            frames.append(tb.tb_frame.f_code.co_filename)
+            tb = tb.tb_next
+        orbax = any("orbax" in f for f in frames) or "orbax" in repr(unraisable.object)
+        if orbax or "Event loop is closed" in str(exc):
+            return
+        default(unraisable)
+
+    sys.unraisablehook = hook
 
 
 def _signum(caught: list[str]) -> int:

@@ -69,10 +69,11 @@ def general_help() -> str:
         "commands:",
         *(f"  {name:<9} {text}" for name, text in COMMANDS.items()),
         "",
-        "flags: --config=FILE[:arg]  --workdir=DIR  --config.<key>=value  --[no]progress  "
-        "--allow_config_change",
-        "short run: --config.train.steps=N sets the training phase; each config's docstring "
-        "names the keys of its other phases (see `describe`).",
+        "flags: --config=FILE[:arg]  --workdir=DIR  --config.<key>=value  --quick  "
+        "--[no]progress  --allow_config_change",
+        "short run: --quick cuts every phase of any config to 20 steps (a smoke run); "
+        "--config.train.steps=N sets the training phase, and each config's docstring names "
+        "the keys of its other phases (see `describe`).",
         "",
         f"configs ({os.path.relpath(folder)}/):",
         *(f"  {name:<{width}}  {doc}" for name, doc in configs),
