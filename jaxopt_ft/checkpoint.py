@@ -104,9 +104,10 @@ class Checkpointer:
                     s,
                 )
             return s, restored
+        reasons = "; ".join(f"step {s}: {kind}: {why}" for s, kind, why in errors)
         raise ValueError(
             f"No checkpoint in {self.directory} can be restored into this model/optimizer "
-            f"({'; '.join(f'step {s}: {kind}: {why}' for s, kind, why in errors)}). Use a fresh --workdir or delete that directory."
+            f"({reasons}). Use a fresh --workdir or delete that directory."
         )
 
     def delete_after(self, step: int) -> None:

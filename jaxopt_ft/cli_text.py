@@ -166,4 +166,3 @@ def summary(workdir: str | None) -> str:
     else:
         lines.append("no report yet (the run has not finished): run the same command to resume")
     return "\n".join(lines)
-

@@ -61,8 +61,10 @@ class Interrupted(Exception):
     """A stop was requested (:func:`request_stop`); the phase's progress is saved."""
 
     def __init__(self, phase: str, step: int, saved: bool):
-        where = f"a checkpoint at step {step} of phase {phase!r} is saved" if saved else (
-            f"phase {phase!r} stopped at step {step}"
+        where = (
+            f"a checkpoint at step {step} of phase {phase!r} is saved"
+            if saved
+            else f"phase {phase!r} stopped at step {step}"
         )
         super().__init__(f"stopped; {where}. Run the same command again to resume.")
         self.phase, self.step, self.saved = phase, step, saved
@@ -250,7 +252,7 @@ def fit(
       checkpoint_every: save every that many steps (0: only at the end).
       max_to_keep: checkpoints kept.
       log_every: metrics logging interval.
-      progress: show a tqdm bar (only when stderr is a terminal).
+      progress: show a tqdm bar on a terminal, else a line on stderr per logged step.
       nan_policy: ``"skip"``: non-finite updates (skipped by a guarded optimizer) are only
         counted; ``"stop"``: after ``max_consecutive_nonfinite`` of them in a row, raise
         :class:`NonFiniteError` naming the step.
@@ -353,7 +355,11 @@ def _check_finite(state: Any, phase: str, steps: int) -> None:
     flat = jax.tree_util.tree_flatten_with_path(getattr(state, "params", None))[0]
     flat = [(p, x) for p, x in flat if jax.numpy.issubdtype(x.dtype, jax.numpy.inexact)]
     finite = jax.device_get([jax.numpy.isfinite(x).all() for _, x in flat])
-    bad = [jax.tree_util.keystr(p, simple=True, separator="/") for (p, _), ok in zip(flat, finite) if not ok]
+    bad = [
+        jax.tree_util.keystr(p, simple=True, separator="/")
+        for (p, _), ok in zip(flat, finite, strict=True)
+        if not ok
+    ]
     if bad:
         shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
         raise NonFiniteModelError(
@@ -393,6 +399,11 @@ def _run(
                 rate = (done - start - 1) / elapsed if elapsed > 0 else float("nan")
                 bar.set_postfix(loss=f"{last['loss']:.4f}", steps_per_s=f"{rate:.0f}")
                 log.append(done, {**last, "steps_per_s": rate})
+                if progress and bar.disable:  # not a terminal: one line per logged step
+                    print(
+                        f"{log.phase}: step {done}/{steps}, loss {last['loss']:.4f}",
+                        file=sys.stderr,
+                    )
             bar.update(1)
             if save is not None:
                 save(done, state, monitor)
