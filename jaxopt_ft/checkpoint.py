@@ -110,6 +110,17 @@ class Checkpointer:
             f"({reasons}). Use a fresh --workdir or delete that directory."
         )
 
+    def read(self, step: int | None = None) -> tuple[int, PyTree] | None:
+        """``(step, tree)`` of the latest (or ``step``) checkpoint as saved, without a target.
+
+        For looking into a finished run (its params) when the state that wrote it cannot be
+        rebuilt; arrays come back as host arrays. ``None`` when there is no checkpoint.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            return None
+        return step, self._manager.restore(step, args=ocp.args.StandardRestore())
+
     def delete_after(self, step: int) -> None:
         """Removes checkpoints newer than ``step`` (used after a fallback restore)."""
         for s in self.all_steps():

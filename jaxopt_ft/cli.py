@@ -37,12 +37,14 @@ _QUICK = flags.DEFINE_bool(
     False,
     "Smoke run: every phase cut to 20 steps, two seeds, short timing (recorded in config.json).",
 )
+_SPLIT = flags.DEFINE_string("split", "test", "evaluate: the dataset split.")
+_PHASE = flags.DEFINE_string("phase", None, "evaluate: the phase whose checkpoint is used.")
 
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
 _ARGV: list[str] = []  # the arguments being parsed (for messages)
 HELP_ARGS = ("-h", "--help", "-help", "-?")
-COMMANDS = ("train", "describe", "summary", "help")
+COMMANDS = ("train", "describe", "summary", "evaluate", "help")
 
 
 class UsageError(ValueError):
@@ -172,6 +174,8 @@ def main(argv) -> None:
     try:
         if command == "train":
             _train(config, _WORKDIR.value, debug=debug)
+        elif command == "evaluate":
+            print(json.dumps(_evaluate(_WORKDIR.value)))
         elif command == "summary":
             from jaxopt_ft import cli_text
 
@@ -213,6 +217,24 @@ def _switch_model(config) -> None:
             f"not options of model {name!r}.",
             file=sys.stderr,
         )
+
+
+def _evaluate(workdir: str | None) -> dict:
+    """A finished run's checkpoint on ``--split``, its model rebuilt from its config.json."""
+    import ml_collections
+
+    from jaxopt_ft import experiments
+    from jaxopt_ft import workdir as workdir_lib
+    from jaxopt_ft.experiments import evaluate
+
+    saved = workdir_lib.read_config(workdir) if workdir and os.path.isdir(workdir) else None
+    if saved is None:
+        raise UsageError(
+            f"--workdir={workdir!r} holds no run (no readable config.json); pass the workdir "
+            "of a run started with `jaxopt-ft train`."
+        )
+    settings = experiments.parse(ml_collections.ConfigDict(saved))
+    return evaluate.checkpoint_metrics(settings, workdir, phase=_PHASE.value, split=_SPLIT.value)
 
 
 def _describe(config) -> None:

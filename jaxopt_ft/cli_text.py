@@ -22,6 +22,7 @@ COMMANDS = {
     "train": "(the default) run the config's experiment in DIR, resuming what is there",
     "describe": "every key of --config: its value and meaning (also: --config=FILE --help)",
     "summary": "what --workdir holds: experiment, phases and checkpoints, metrics, report",
+    "evaluate": "a run's checkpoint on --split (default test); --phase when it has several",
     "help": "this text (also -h, --help; --helpfull lists every flag)",
 }
 EXIT_CODES = (

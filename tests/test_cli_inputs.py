@@ -61,6 +61,7 @@ HOSTILE = [
     ("seed negative", ["--config={cnn}", "--config.seed=-1"], "seed"),
     ("describe without config", ["describe"], "--config"),
     ("summary of no run", ["summary"], "holds no run"),
+    ("evaluate no run", ["evaluate"], "holds no run"),
     ("no config", [], "--config is required"),
 ]
 

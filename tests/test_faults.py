@@ -202,3 +202,18 @@ def test_failed_config_change_leaves_config_json_byte_identical(reference, tmp_p
     assert "Traceback" not in r.stderr
     assert {p: (wd / p).read_bytes() for p in before} == before
     assert not (wd / "lock").exists()
+
+
+def test_evaluate_and_summary_of_a_finished_run(reference, capsys):
+    from jaxopt_ft import cli
+
+    assert cli.invoke(["evaluate", f"--workdir={reference}"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    row = json.loads((reference / "report.json").read_text())["rows"][0]
+    assert (got["phase"], got["step"], got["split"]) == ("train", 500, "test")
+    assert got["test_loss"] == row["test_loss"] and got["test_accuracy"] == row["test_accuracy"]
+    assert cli.invoke(["evaluate", f"--workdir={reference}", "--phase=prune"]) == 2
+    assert "pick one of: train" in capsys.readouterr().err
+    assert cli.invoke(["summary", f"--workdir={reference}"]) == 0
+    out = capsys.readouterr().out
+    assert "phase train: checkpoint at step 500; last logged step 500" in out and "| dense |" in out
