@@ -110,6 +110,10 @@ def _parse_flags(argv):
     _ARGV[:] = argv
     try:
         return flags.FLAGS(argv)
+    except SystemExit:
+        if any(a.startswith(("--help", "-help")) for a in argv[1:]):
+            sys.exit(0)  # absl's --helpfull / --helpshort print their text, then exit 1
+        raise
     except Exception as e:  # noqa: BLE001 - a config file's own error: one line, not a trace
         _fail(_parse_error(e))
 
@@ -347,6 +351,7 @@ def invoke(argv: list[str]) -> int:
 
     For tests and notebooks: the flags are parsed afresh on every call.
     """
+    app.define_help_flags()  # app.run defines --helpfull and friends
     flags.FLAGS.unparse_flags()
     for name in [n for n in flags.FLAGS if n.startswith("config.")]:
         delattr(flags.FLAGS, name)  # the previous call's override flags hold its config

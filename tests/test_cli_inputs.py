@@ -120,6 +120,8 @@ def test_help_lists_configs_experiments_models_and_datasets(capsys):
         for name in ("mnist1d_cnn.py", "compress", "lenet5", "digits", "exit codes", "describe"):
             assert name in out, name
     assert "The MNIST-1D paper's CNN" in out  # a config's one-line docstring
+    code, out, _ = _invoke(capsys, "--helpfull")
+    assert code == 0 and "--[no]helpfull" in out
 
 
 def test_describe_prints_every_key_with_value_and_meaning(capsys):
