@@ -194,6 +194,14 @@ def main(argv) -> None:
         if debug:
             raise
         _fail(str(e))
+    except OSError as e:  # a path the config names that cannot be read or created
+        if debug:
+            raise
+        where = f" {e.filename!r}" if e.filename else ""
+        _fail(
+            f"cannot use{where} ({e.strerror or e}); check --workdir and dataset.data_dir "
+            "(dataset.data_dir='' uses the default)."
+        )
 
 
 def _switch_model(config) -> None:
@@ -277,13 +285,13 @@ def _train(config, workdir: str | None, *, debug: bool) -> None:
             _fail(f"{caught[-1] if caught else 'stop request'}: {e}", 128 + _signum(caught))
         except loop.NonFiniteModelError as e:
             _fail(e, EXIT_NONFINITE)
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, OSError) as e:
             # Errors that need the data or a checkpoint (e.g. a checkpoint of another model) can
             # only be seen once the run starts; they are still bad input, not crashes, and the
             # workdir keeps the identity of the checkpoints it holds.
             if main_process and not isinstance(e, loop.NonFiniteError):
                 identity.undo()
-            if debug:
+            if debug or isinstance(e, OSError):
                 raise
             _fail(str(e))
     if not main_process:

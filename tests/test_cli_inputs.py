@@ -58,6 +58,12 @@ HOSTILE = [
         ["--config={cnn}", "--config.dataset.data_dir={tmp}/int.py"],
         "data_dir",
     ),
+    (
+        "data_dir under a file",
+        ["--config={cnn}", "--config.dataset.data_dir={tmp}/int.py/d"],
+        "file",
+    ),
+    ("data_dir not creatable", ["--config={cnn}", "--config.dataset.data_dir=/proc/nope"], "/proc"),
     ("seed negative", ["--config={cnn}", "--config.seed=-1"], "seed"),
     ("describe without config", ["describe"], "--config"),
     ("summary of no run", ["summary"], "holds no run"),

@@ -39,11 +39,25 @@ class Dataset:
     data_dir: str = setting("", f.text(), "TFDS data dir ('' = the default)")
 
     def check(self, key) -> None:
-        if self.data_dir and os.path.exists(self.data_dir) and not os.path.isdir(self.data_dir):
-            raise ValueError(
-                f"{key('data_dir')}={self.data_dir!r} is not a directory; pass the TFDS data "
-                "dir (a folder), or '' for the default."
+        if not self.data_dir:
+            return
+        where = self.data_dir  # the folder itself, or the nearest one that would hold it
+        while not os.path.exists(where) and os.path.dirname(where) != where:
+            where = os.path.dirname(where) or "."
+        if not os.path.isdir(where):
+            problem = (
+                "is not a directory" if where == self.data_dir else f"is under a file {where!r}"
             )
+        elif not os.access(where, os.R_OK | os.X_OK | (0 if where == self.data_dir else os.W_OK)):
+            problem = (
+                "is not readable" if where == self.data_dir else f"cannot be created in {where!r}"
+            )
+        else:
+            return
+        raise ValueError(
+            f"{key('data_dir')}={self.data_dir!r} {problem}; pass a usable TFDS data dir (a "
+            "folder), or '' for the default."
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
