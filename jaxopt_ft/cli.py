@@ -22,6 +22,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from jaxopt_ft import stopping
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/<name>.py, optionally :arg).", lock_config=True
 )
@@ -281,7 +283,7 @@ def _train(config, workdir: str | None, *, debug: bool) -> None:
             identity.write()
         try:
             report = kind.run(settings, workdir, progress=_PROGRESS.value)
-        except loop.Interrupted as e:
+        except stopping.Interrupted as e:
             _fail(f"{caught[-1] if caught else 'stop request'}: {e}", 128 + _signum(caught))
         except loop.NonFiniteModelError as e:
             _fail(e, EXIT_NONFINITE)
@@ -332,9 +334,7 @@ def _stop_signals():
 
     Yields the names of the signals caught; the previous handlers come back on exit.
     """
-    from jaxopt_ft import loop
-
-    loop.clear_stop()
+    stopping.clear()
     caught: list[str] = []
 
     def handler(signum, frame):
@@ -344,7 +344,7 @@ def _stop_signals():
             print(f"jaxopt-ft: error: {name} again; stopped without saving.", file=sys.stderr)
             os._exit(128 + signum)
         caught.append(name)
-        loop.request_stop()
+        stopping.request()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:

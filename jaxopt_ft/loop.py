@@ -18,9 +18,10 @@ exits with code 2), without saving a checkpoint past the last good one. A phase 
 non-finite parameters raises :class:`NonFiniteModelError` after saving them (the CLI exits with
 code 3), so a NaN model never passes for a result.
 
-Stopping: after :func:`request_stop` (the CLI calls it on SIGTERM / SIGINT) the running phase
-saves a checkpoint at the step it has reached and raises :class:`Interrupted`; resuming gives
-what the uninterrupted run gives, also in phases that otherwise save only at the end.
+Stopping: after `jaxopt_ft.stopping.request` (the CLI calls it on SIGTERM / SIGINT) the
+running phase saves a checkpoint at the step it has reached and raises `stopping.Interrupted`;
+resuming gives what the uninterrupted run gives, also in phases that otherwise save only at
+the end.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import json
 import math
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -40,7 +40,7 @@ import jax
 import numpy as np
 
 from jaxopt_ft import checkpoint as ckpt_lib
-from jaxopt_ft import optim, parallel
+from jaxopt_ft import optim, parallel, stopping
 
 PyTree = Any
 Batch = dict[str, Any]
@@ -55,32 +55,6 @@ class NonFiniteError(ValueError):
 
 class NonFiniteModelError(RuntimeError):
     """A phase ended with non-finite parameters (saved, so that they can be inspected)."""
-
-
-class Interrupted(Exception):
-    """A stop was requested (:func:`request_stop`); the phase's progress is saved."""
-
-    def __init__(self, phase: str, step: int, saved: bool):
-        where = (
-            f"a checkpoint at step {step} of phase {phase!r} is saved"
-            if saved
-            else f"phase {phase!r} stopped at step {step}"
-        )
-        super().__init__(f"stopped; {where}. Run the same command again to resume.")
-        self.phase, self.step, self.saved = phase, step, saved
-
-
-_STOP = threading.Event()
-
-
-def request_stop() -> None:
-    """Asks the running (or next) phase to save at its current step and raise Interrupted."""
-    _STOP.set()
-
-
-def clear_stop() -> None:
-    """Forgets a stop request (a process that fits again after an :class:`Interrupted`)."""
-    _STOP.clear()
 
 
 @functools.lru_cache(maxsize=64)
@@ -271,7 +245,7 @@ def fit(
       NonFiniteError: ``nan_policy="stop"`` and too many consecutive non-finite updates; the
         checkpoints written before stay as they were.
       NonFiniteModelError: the phase ended with non-finite parameters (they are saved).
-      Interrupted: :func:`request_stop` was called; the state at the step reached is saved.
+      stopping.Interrupted: a stop was requested; the state at the step reached is saved.
     """
     _check_args(steps, nan_policy, max_consecutive_nonfinite)
     strategy = strategy or parallel.make("none")
@@ -340,13 +314,13 @@ def _stopper(ckpt, strategy, phase: str) -> Callable[..., None]:
     """``(done, state, monitor) -> None`` raising Interrupted (after a save) once asked to stop."""
 
     def stop(done: int, state: Any, monitor: NonFiniteMonitor) -> None:
-        if not _STOP.is_set():
+        if not stopping.requested():
             return
         monitor.check()  # never save past a stopping point
         saved = ckpt is not None and done > 0
         if saved and ckpt.latest_step() != done:
             ckpt.save(done, strategy.unwrap(state).tree())
-        raise Interrupted(phase, done, saved)
+        raise stopping.Interrupted(phase, done, saved)
 
     return stop
 

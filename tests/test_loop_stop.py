@@ -10,7 +10,7 @@ import pytest
 from toys import MLP as _MLP
 from toys import data as _data
 
-from jaxopt_ft import checkpoint, loop, train
+from jaxopt_ft import checkpoint, loop, stopping, train
 
 
 def _batches(x, label, *, stop_at=None, bs=16):
@@ -20,7 +20,7 @@ def _batches(x, label, *, stop_at=None, bs=16):
         step = start
         while True:
             if step + 1 == stop_at:
-                loop.request_stop()
+                stopping.request()
             idx = np.random.default_rng([0, step]).choice(len(x), bs, replace=False)
             yield {"x": x[idx], "label": label[idx]}
             step += 1
@@ -53,15 +53,17 @@ def _fit(workdir, batches, steps=30, tx=None):
 def test_stop_saves_the_step_reached_and_resume_is_exact(tmp_path):
     x, label = _data()
     full, _ = _fit(None, _batches(x, label))
-    loop.clear_stop()
-    with pytest.raises(loop.Interrupted, match="checkpoint at step 13 of phase 'train'") as info:
+    stopping.clear()
+    with pytest.raises(
+        stopping.Interrupted, match="checkpoint at step 13 of phase 'train'"
+    ) as info:
         _fit(str(tmp_path), _batches(x, label, stop_at=13))
     assert info.value.step == 13 and info.value.saved
     assert checkpoint.Checkpointer(tmp_path / "checkpoints" / "train").all_steps() == [13]
     # A stop requested before a phase starts ends it at once, with nothing new to save.
-    with pytest.raises(loop.Interrupted, match="at step 13"):
+    with pytest.raises(stopping.Interrupted, match="at step 13"):
         _fit(str(tmp_path), _batches(x, label))
-    loop.clear_stop()
+    stopping.clear()
     resumed, _ = _fit(str(tmp_path), _batches(x, label))
     for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
