@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	rm -rf runs/demo
-	$(VENV)/bin/jaxopt-ft --config=configs/mnist1d_compress.py --workdir=runs/demo --noprogress
+	$(VENV)/bin/jaxopt-ft --config=configs/mnist1d_compress.py --workdir=runs/demo
 	cat runs/demo/report.md
 
 test: $(STAMP)  # two workers, one test file each at a time (files share compiled fixtures)

@@ -90,20 +90,36 @@ class Checkpointer:
         for s in steps:
             try:
                 restored = self._manager.restore(s, args=ocp.args.StandardRestore(abstract_target))
-                return s, restored
             except Exception as e:  # noqa: BLE001 -- any unreadable checkpoint falls back
                 first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                errors.append(f"step {s}: {type(e).__name__}: {first_line[:300]}")
+                errors.append((s, type(e).__name__, first_line[:300]))
+                continue
+            # Warned only when an older checkpoint was used; when none fits, the error says all.
+            for bad, _, reason in errors:
                 logging.warning(
-                    "Checkpoint at step %d in %s cannot be restored (%s); trying an older one.",
-                    s,
+                    "Checkpoint at step %d in %s cannot be restored (%s); used step %d.",
+                    bad,
                     self.directory,
-                    first_line[:300],
+                    reason,
+                    s,
                 )
+            return s, restored
+        reasons = "; ".join(f"step {s}: {kind}: {why}" for s, kind, why in errors)
         raise ValueError(
             f"No checkpoint in {self.directory} can be restored into this model/optimizer "
-            f"({'; '.join(errors)}). Use a fresh --workdir or delete that directory."
+            f"({reasons}). Use a fresh --workdir or delete that directory."
         )
+
+    def read(self, step: int | None = None) -> tuple[int, PyTree] | None:
+        """``(step, tree)`` of the latest (or ``step``) checkpoint as saved, without a target.
+
+        For looking into a finished run (its params) when the state that wrote it cannot be
+        rebuilt; arrays come back as host arrays. ``None`` when there is no checkpoint.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            return None
+        return step, self._manager.restore(step, args=ocp.args.StandardRestore())
 
     def delete_after(self, step: int) -> None:
         """Removes checkpoints newer than ``step`` (used after a fallback restore)."""

@@ -14,7 +14,14 @@ a step whose gradient holds a NaN or Inf leaves the parameters, optimizer state 
 statistics untouched, and its metrics carry ``nonfinite_consecutive`` and ``nonfinite_total``.
 With ``fit(..., nan_policy="stop")`` the run ends after ``max_consecutive_nonfinite`` such
 steps in a row with :class:`NonFiniteError` (a ValueError: the CLI prints it as one line and
-exits with code 2), without saving a checkpoint past the last good one.
+exits with code 2), without saving a checkpoint past the last good one. A phase that ends with
+non-finite parameters raises :class:`NonFiniteModelError` after saving them (the CLI exits with
+code 3), so a NaN model never passes for a result.
+
+Stopping: after `jaxopt_ft.stopping.request` (the CLI calls it on SIGTERM / SIGINT) the
+running phase saves a checkpoint at the step it has reached and raises `stopping.Interrupted`;
+resuming gives what the uninterrupted run gives, also in phases that otherwise save only at
+the end.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import collections
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -33,7 +41,7 @@ import numpy as np
 import optax
 
 from jaxopt_ft import checkpoint as ckpt_lib
-from jaxopt_ft import events, optim, parallel
+from jaxopt_ft import events, optim, parallel, stopping
 
 PyTree = Any
 Batch = dict[str, Any]
@@ -44,6 +52,10 @@ NAN_POLICIES = ("skip", "stop")
 
 class NonFiniteError(ValueError):
     """Training hit too many consecutive non-finite updates (``nan_policy="stop"``)."""
+
+
+class NonFiniteModelError(RuntimeError):
+    """A phase ended with non-finite parameters (saved, so that they can be inspected)."""
 
 
 @functools.lru_cache(maxsize=64)
@@ -102,6 +114,8 @@ class MetricsLog:
 
     def append(self, step: int, values: dict[str, float]) -> None:
         if self.path:
+            # Non-finite numbers are written as null: every line stays valid JSON.
+            values = {k: v if math.isfinite(v) else None for k, v in values.items()}
             with open(self.path, "a") as f:
                 f.write(json.dumps({"phase": self.phase, "step": step, **values}) + "\n")
         if self.events:
@@ -218,7 +232,7 @@ def fit(
       checkpoint_every: save every that many steps (0: only at the end).
       max_to_keep: checkpoints kept.
       log_every: metrics logging interval.
-      progress: show a tqdm bar (only when stderr is a terminal).
+      progress: show a tqdm bar on a terminal, else a line on stderr per logged step.
       nan_policy: ``"skip"``: non-finite updates (skipped by a guarded optimizer) are only
         counted; ``"stop"``: after ``max_consecutive_nonfinite`` of them in a row, raise
         :class:`NonFiniteError` naming the step.
@@ -242,6 +256,8 @@ def fit(
     Raises:
       NonFiniteError: ``nan_policy="stop"`` and too many consecutive non-finite updates; the
         checkpoints written before stay as they were.
+      NonFiniteModelError: the phase ended with non-finite parameters (they are saved).
+      stopping.Interrupted: a stop was requested; the state at the step reached is saved.
     """
     _check_args(steps, nan_policy, max_consecutive_nonfinite)
     strategy = strategy or parallel.make("none")
@@ -265,6 +281,7 @@ def fit(
             save=_saver(ckpt, strategy, checkpoint_every, steps),
             progress=progress,
             extra=functools.partial(_extra_scalars, learning_rate),
+            stop=_stopper(ckpt, strategy, phase),
         )
         if ckpt and (steps > 0 or ckpt.latest_step() is None):
             ckpt.save(steps, strategy.unwrap(state).tree())
@@ -275,6 +292,7 @@ def fit(
             log.events.close()
     jax.block_until_ready(state)
     state = parallel.local(strategy.unwrap(state))
+    _check_finite(state, phase, steps)
     return state, _summary(state, last, log, start, steps, t_start, t_first)
 
 
@@ -311,11 +329,57 @@ def _saver(ckpt, strategy, every: int, steps: int) -> Callable[..., None] | None
     return save
 
 
+def _stopper(ckpt, strategy, phase: str) -> Callable[..., None]:
+    """``(done, state, monitor) -> None`` raising Interrupted (after a save) once asked to stop."""
+
+    def stop(done: int, state: Any, monitor: NonFiniteMonitor) -> None:
+        if not stopping.requested():
+            return
+        monitor.check()  # never save past a stopping point
+        saved = ckpt is not None and done > 0
+        if saved and ckpt.latest_step() != done:
+            ckpt.save(done, strategy.unwrap(state).tree())
+        raise stopping.Interrupted(phase, done, saved)
+
+    return stop
+
+
+def _check_finite(state: Any, phase: str, steps: int) -> None:
+    flat = jax.tree_util.tree_flatten_with_path(getattr(state, "params", None))[0]
+    flat = [(p, x) for p, x in flat if jax.numpy.issubdtype(x.dtype, jax.numpy.inexact)]
+    finite = jax.device_get([jax.numpy.isfinite(x).all() for _, x in flat])
+    bad = [
+        jax.tree_util.keystr(p, simple=True, separator="/")
+        for (p, _), ok in zip(flat, finite, strict=True)
+        if not ok
+    ]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise NonFiniteModelError(
+            f"phase {phase!r} ended at step {steps} with non-finite parameters ({shown}); lower "
+            "the learning rate, set optimizer.clip_norm, or use train.nan_policy='stop'."
+        )
+
+
 def _run(
-    state, step_fn, batches, *, start, steps, key, log, log_every, monitor, save, progress, extra
+    state,
+    step_fn,
+    batches,
+    *,
+    start,
+    steps,
+    key,
+    log,
+    log_every,
+    monitor,
+    save,
+    progress,
+    stop,
+    extra,
 ):
     """The step loop; returns ``(state, last logged metrics, time of the first finished step)``."""
     last, t_first = {}, None
+    stop(start, state, monitor)
     if start >= steps:
         return state, last, t_first
     from tqdm.auto import tqdm
@@ -342,9 +406,15 @@ def _run(
                 rate = (done - start - 1) / elapsed if elapsed > 0 else float("nan")
                 bar.set_postfix(loss=f"{last['loss']:.4f}", steps_per_s=f"{rate:.0f}")
                 log.append(done, {**last, "steps_per_s": rate, **extra(state, done)})
+                if progress and bar.disable:  # not a terminal: one line per logged step
+                    print(
+                        f"{log.phase}: step {done}/{steps}, loss {last['loss']:.4f}",
+                        file=sys.stderr,
+                    )
             bar.update(1)
             if save is not None:
                 save(done, state, monitor)
+            stop(done, state, monitor)
         monitor.check()
     return state, last, t_first
 

@@ -146,13 +146,20 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+# Counts (steps, sizes, seeds) beyond int32 are typos, not plans: a run of 2**40 steps never ends.
+INT_LIMIT = 2**31 - 1
+
+
 def integer(minimum: int = 0, maximum: int | None = None, *, note: str = "") -> Check:
-    """An int in ``[minimum, maximum]``."""
+    """An int in ``[minimum, maximum]`` (``maximum`` defaults to :data:`INT_LIMIT`)."""
     want = f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
     want += note
+    top = INT_LIMIT if maximum is None else maximum
 
     def check(value, key):
-        if not _is_int(value) or value < minimum or (maximum is not None and value > maximum):
+        if _is_int(value) and value > top and maximum is None:
+            raise _fail(key, value, f"<= {INT_LIMIT} (2**31 - 1)")
+        if not _is_int(value) or value < minimum or value > top:
             raise _fail(key, value, want)
         return value
 

@@ -9,6 +9,7 @@ loads without jax (config files import it).
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -42,6 +43,27 @@ class Dataset:
     )
     threads: int = setting(1, f.integer(0), "grain threads reading batches (0 = inline)")
     workers: int = setting(0, f.integer(0), "grain worker processes (0 = none)")
+
+    def check(self, key) -> None:
+        if not self.data_dir:
+            return
+        where = self.data_dir  # the folder itself, or the nearest one that would hold it
+        while not os.path.exists(where) and os.path.dirname(where) != where:
+            where = os.path.dirname(where) or "."
+        if not os.path.isdir(where):
+            problem = (
+                "is not a directory" if where == self.data_dir else f"is under a file {where!r}"
+            )
+        elif not os.access(where, os.R_OK | os.X_OK | (0 if where == self.data_dir else os.W_OK)):
+            problem = (
+                "is not readable" if where == self.data_dir else f"cannot be created in {where!r}"
+            )
+        else:
+            return
+        raise ValueError(
+            f"{key('data_dir')}={self.data_dir!r} {problem}; pass a usable TFDS data dir (a "
+            "folder), or '' for the default."
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
