@@ -48,19 +48,24 @@ _TAKES = {
 _DEFAULTS = {"learning_rate": 1e-2, "momentum": 0.9, "weight_decay": 1e-4, "label_smoothing": 0.0}
 
 
-def check_members(name: str, members: Sequence[Member]) -> None:
-    """Raises ValueError for an empty population, an unknown key or one ``name`` ignores."""
+def takes(name: str) -> tuple[str, ...]:
+    """The member keys optimizer ``name`` reads (with ``label_smoothing`` and ``seed``)."""
     if name not in _TAKES:
         raise ValueError(f"Unknown optimizer {name!r}; accepted: {', '.join(_TAKES)}.")
+    return (*_TAKES[name], "label_smoothing", "seed")
+
+
+def check_members(name: str, members: Sequence[Member]) -> None:
+    """Raises ValueError for an empty population, an unknown key or one ``name`` ignores."""
+    allowed = set(takes(name))
     if not members:
         raise ValueError("A population needs at least one member; got none.")
-    takes = {*_TAKES[name], "label_smoothing", "seed"}
     for i, m in enumerate(members):
-        bad = sorted(set(m) - takes)
+        bad = sorted(set(m) - allowed)
         if bad:
             raise ValueError(
                 f"Population member {i} sets {bad}, which optimizer {name!r} does not take; "
-                f"it accepts {sorted(takes)} (weight_decay needs adamw, momentum needs momentum "
+                f"it accepts {sorted(allowed)} (weight_decay needs adamw, momentum needs momentum "
                 "or nesterov)."
             )
         if not m.get("learning_rate", _DEFAULTS["learning_rate"]) > 0:

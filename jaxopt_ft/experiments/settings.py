@@ -19,7 +19,9 @@ from jaxopt_ft.experiments.fields import section, setting
 from jaxopt_ft.experiments.sections import (
     AugmentStudy,
     BitsSweep,
+    Hpo,
     Multitask,
+    PopulationStudy,
     Prune,
     PruneSchedule,
     Quant,
@@ -206,6 +208,18 @@ class MultitaskSettings(Common):
     multitask: Multitask = section(Multitask)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HpoSettings(Common):
+    experiment: str = setting("hpo", f.text(), "experiment kind")
+    hpo: Hpo = section(Hpo)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PopulationSettings(Common):
+    experiment: str = setting("population", f.text(), "experiment kind")
+    population: PopulationStudy = section(PopulationStudy)
+
+
 SETTINGS: dict[str, type] = {
     "train": TrainSettings,
     "compress": CompressSettings,
@@ -215,6 +229,8 @@ SETTINGS: dict[str, type] = {
     "augment": AugmentSettings,
     "transfer": TransferSettings,
     "multitask": MultitaskSettings,
+    "hpo": HpoSettings,
+    "population": PopulationSettings,
 }
 
 
