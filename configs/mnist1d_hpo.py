@@ -18,6 +18,7 @@ def get_config(arg=None):
     config.train.log_every = 500
     config.train.label_smoothing = 0.1
     config.schedule.decay_rate = 0.1
+    config.schedule.warmup_steps = 75  # 5 % of each trial, as in mnist1d_sweep
     config.checkpoint.every_steps = 0
     config.hpo.trials = 30
     config.hpo.eval_every = 250

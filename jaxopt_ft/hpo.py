@@ -22,16 +22,23 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import optuna
 
-# Heartbeats and stale-trial failing are what let workers share a study; Optuna flags them
-# experimental and expects Study.optimize, which the vmapped evaluator cannot use.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    # Heartbeats and stale-trial failing are what let workers share a study; Optuna flags them
+    # experimental and expects Study.optimize, which the vmapped evaluator cannot use.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        yield
+
 
 SPEC_KINDS = ("log", "uniform", "int", "choice")
 SAMPLERS = ("tpe", "random", "cmaes", "grid")
@@ -142,19 +149,27 @@ def open_storage(url: str, *, heartbeat_s: int) -> optuna.storages.BaseStorage:
             f"Storage {url!r} is not a database URL; use e.g. 'sqlite:///study.db' or "
             "'postgresql://user:password@host/db'."
         )
-    try:
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {},
-            heartbeat_interval=heartbeat_s,
-            grace_period=2 * heartbeat_s,
-        )
-    except Exception as e:  # SQLAlchemy, driver and OS errors all mean the same to a user
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(
-            f"Storage {url!r} cannot be opened ({detail}); check the URL, its driver and that "
-            "the database is reachable."
-        ) from None
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    for attempt in range(5):
+        try:
+            with _quiet():
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=kwargs,
+                    heartbeat_interval=heartbeat_s,
+                    grace_period=2 * heartbeat_s,
+                )
+        except Exception as e:  # SQLAlchemy, driver and OS errors all mean the same to a user
+            # Workers started together race to create the schema; the loser finds it made.
+            if "already exists" in str(e) and attempt < 4:
+                time.sleep(0.5)
+                continue
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(
+                f"Storage {url!r} cannot be opened ({detail}); check the URL, its driver and "
+                "that the database is reachable."
+            ) from None
+    raise AssertionError("unreachable")
 
 
 def open_study(
@@ -193,13 +208,15 @@ def next_trial(
     for them). When two workers ask at once and overshoot, the later trial is told FAIL with
     the user attribute ``surplus`` and None is returned.
     """
-    optuna.storages.fail_stale_trials(study)
+    with _quiet():
+        optuna.storages.fail_stale_trials(study)
     counted = (*FINISHED, optuna.trial.TrialState.RUNNING)
     if len(study.get_trials(deepcopy=False, states=counted)) >= n_trials:
         return None
     if reseed is not None:
         study.sampler = reseed(len(study.get_trials(deepcopy=False)))
-    trial = study.ask()
+    with _quiet():
+        trial = study.ask()
     earlier = [
         t for t in study.get_trials(deepcopy=False, states=counted) if t.number < trial.number
     ]
@@ -221,13 +238,15 @@ def heartbeat(study: optuna.Study, storage: Any, trials: Sequence[optuna.Trial])
     study_id = storage.get_study_id_from_name(study.study_name)
     ids = [storage.get_trial_id_from_study_id_trial_number(study_id, t.number) for t in trials]
     stop = threading.Event()
+    # The first beat is recorded before the block starts: Optuna never fails a running trial
+    # that has no heartbeat at all.
+    for i in ids:
+        storage.record_heartbeat(i)
 
     def beat():
-        while True:
+        while not stop.wait(interval):
             for i in ids:
                 storage.record_heartbeat(i)
-            if stop.wait(interval):
-                return
 
     thread = threading.Thread(target=beat, daemon=True)
     thread.start()

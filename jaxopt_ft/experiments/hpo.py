@@ -106,6 +106,9 @@ def validate(s: Settings) -> None:
     hpo.make_pruner(h.pruner, min_resource=h.eval_every, max_resource=s.train.steps)
     if h.storage:
         hpo.open_storage(h.storage, heartbeat_s=h.heartbeat_s)
+    spec = h.space.get("schedule", ("choice", (s.schedule.name,)))
+    for name in spec[1]:  # warm-up against the steps, under every schedule a trial may draw
+        common.build_optimizer(s, steps=s.train.steps, schedule=name)
     if h.eval_every > s.train.steps:
         raise ValueError(
             f"hpo.eval_every={h.eval_every} exceeds train.steps={s.train.steps}: the pruner "
