@@ -1,13 +1,15 @@
 """Vmapped populations train each member exactly as it would train alone."""
 
 import itertools
+import os
 
 import jax
 import numpy as np
 import optax
 import pytest
+from helpers import load_config
 
-from jaxopt_ft import data, models, optim, population, train
+from jaxopt_ft import data, experiments, models, optim, population, train
 
 MEMBERS = [
     {"learning_rate": 0.3, "momentum": 0.9, "label_smoothing": 0.0, "seed": 0},
@@ -83,3 +85,60 @@ def test_adamw_weight_decay_per_member(setup):
 def test_bad_members(name, members, match):
     with pytest.raises(ValueError, match=match):
         population.check_members(name, members)
+
+
+POP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def _population_config(**overrides):
+    base = {
+        "model.name": "logistic",
+        "train.steps": 30,
+        "train.batch_size": 96,
+        "schedule.warmup_steps": 3,
+        "population.size": 4,
+        "population.space": {
+            "learning_rate": ("log", 0.01, 1.0),
+            "momentum": ("uniform", 0.5, 0.9),
+        },
+        "population.seeds": (0, 1),
+    }
+    return load_config(os.path.join(POP, "mnist1d_population.py"), overrides={**base, **overrides})
+
+
+def test_population_experiment_grid(tmp_path):
+    module, settings = experiments.prepare(_population_config())
+    report = module.run(settings, str(tmp_path))
+    rows = report["rows"]
+    assert len(rows) == 8 and report["members"] == 8
+    lrs = sorted({r["learning_rate"] for r in rows})
+    np.testing.assert_allclose(lrs, [0.01, 1.0], rtol=1e-6)  # 2 points per axis, log-spaced
+    assert sorted({r["momentum"] for r in rows}) == pytest.approx([0.5, 0.9])
+    assert sorted({r["seed"] for r in rows}) == [0, 1]
+    assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in rows)
+    assert (tmp_path / "accuracy_vs_lr.png").stat().st_size > 1000
+    # The same population split over 8 devices, one member each, trains the same members.
+    module, sharded = experiments.prepare(_population_config(**{"parallel.mode": "sharding"}))
+    again = module.run(sharded, str(tmp_path))["rows"]
+    np.testing.assert_allclose(
+        [r["test_accuracy"] for r in again], [r["test_accuracy"] for r in rows], atol=2e-3
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"population.size": 5}, "population.size=5 is not a grid"),
+        ({"population.space": {"learning_rate": ("log", 1.0, 0.1)}}, "inverted"),
+        ({"population.space": {"batch_size": ("choice", (32, 64))}}, "'batch_size'"),
+        ({"optimizer.name": "adam"}, "momentum"),
+        (
+            {"parallel.mode": "sharding", "train.batch_size": 96, "population.seeds": (0, 1, 2)},
+            "12 members does not divide over 8 devices",
+        ),
+        ({"parallel.mode": "pmap", "train.batch_size": 96}, "cannot split a population"),
+    ],
+)
+def test_bad_population_inputs(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        experiments.prepare(_population_config(**overrides))
