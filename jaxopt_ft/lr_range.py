@@ -158,13 +158,13 @@ def plot(result: RangeTest, workdir: str, name: str = "lr_range.png") -> str:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot(result.lrs, result.losses, lw=0.6, alpha=0.5, label="loss")
     ax.plot(result.lrs, result.smoothed, lw=1.5, label="smoothed")
-    for lr, what in ((result.min_div10, "min / 10"), (result.steepest, "steepest")):
-        ax.axvline(lr, ls="--", lw=1, color="gray")
-        ax.text(lr, ax.get_ylim()[1], f" {what}\n {lr:.2g}", fontsize=7, va="top")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
     finite = result.smoothed[np.isfinite(result.smoothed)]
     if finite.size:
         ax.set_ylim(0.0, float(min(finite.max(), 4 * finite.min() + 1e-9)) * 1.05)
+    for lr, what in ((result.min_div10, "min / 10"), (result.steepest, "steepest")):
+        ax.axvline(lr, ls="--", lw=1, color="gray")
+        ax.text(lr, ax.get_ylim()[1], f" {what}\n {lr:.2g}", fontsize=7, va="top")
     return report.save_plot(fig, workdir, name)

@@ -93,3 +93,21 @@ def test_bad_ranges(kw, match):
     args = {"min_lr": 1e-5, "max_lr": 1.0, "steps": 100, "beta": 0.98, "diverge": 4.0, **kw}
     with pytest.raises(ValueError, match=match):
         lr_range.check(**args)
+
+
+def test_lr_range_experiment(tmp_path):
+    from helpers import config_path, load_config
+
+    from jaxopt_ft import experiments
+
+    overrides = {"model.name": "logistic", "lr_range.steps": 40, "lr_range.max_lr": 100.0}
+    module, settings = experiments.prepare(
+        load_config(config_path("mnist1d_lr_range"), overrides=overrides)
+    )
+    (row,) = module.run(settings, str(tmp_path))["rows"]
+    assert 1e-4 <= row["suggested_lr"] < row["min_loss_lr"] <= 100.0
+    assert row["suggested_lr"] == pytest.approx(row["min_loss_lr"] / 10)
+    assert (tmp_path / "lr_range.png").stat().st_size > 1000
+    bad = load_config(config_path("mnist1d_lr_range"), overrides={"lr_range.min_lr": 20.0})
+    with pytest.raises(ValueError, match="lr_range.min_lr=20.0 must be below"):
+        experiments.prepare(bad)

@@ -27,6 +27,7 @@ REGISTRY: dict[str, str] = {
     "multitask": "jaxopt_ft.experiments.multitask",
     "hpo": "jaxopt_ft.experiments.hpo",
     "population": "jaxopt_ft.experiments.population",
+    "lr_range": "jaxopt_ft.experiments.lr_range",
 }
 
 

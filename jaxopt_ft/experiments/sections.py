@@ -347,3 +347,21 @@ class PopulationStudy:
         "{parameter: spec}; grid: size = points per axis ** axes",
     )
     seeds: tuple = setting((0,), f.sequence(f.integer(0)), "each configuration once per seed")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LrRange:
+    """The ``lr_range`` experiment: Smith's learning-rate range test (`jaxopt_ft.lr_range`)."""
+
+    min_lr: float = setting(1e-5, f.POSITIVE, "first rate of the exponential ramp")
+    max_lr: float = setting(10.0, f.POSITIVE, "last rate of the ramp")
+    steps: int = setting(300, f.integer(10), "steps of the ramp (it stops early on divergence)")
+    beta: float = setting(0.98, f.number(0.0, 1.0, high_open=True), "loss smoothing (EMA)")
+    diverge: float = setting(4.0, f.number(1.0, low_open=True), "stop at this x smoothed minimum")
+
+    def check(self, key) -> None:
+        if not self.min_lr < self.max_lr:
+            raise ValueError(
+                f"{key('min_lr')}={self.min_lr!r} must be below {key('max_lr')}={self.max_lr!r}; "
+                "the range is empty or inverted."
+            )

@@ -20,6 +20,7 @@ from jaxopt_ft.experiments.sections import (
     AugmentStudy,
     BitsSweep,
     Hpo,
+    LrRange,
     Multitask,
     PopulationStudy,
     Prune,
@@ -220,6 +221,12 @@ class PopulationSettings(Common):
     population: PopulationStudy = section(PopulationStudy)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LrRangeSettings(Common):
+    experiment: str = setting("lr_range", f.text(), "experiment kind")
+    lr_range: LrRange = section(LrRange)
+
+
 SETTINGS: dict[str, type] = {
     "train": TrainSettings,
     "compress": CompressSettings,
@@ -231,6 +238,7 @@ SETTINGS: dict[str, type] = {
     "multitask": MultitaskSettings,
     "hpo": HpoSettings,
     "population": PopulationSettings,
+    "lr_range": LrRangeSettings,
 }
 
 
