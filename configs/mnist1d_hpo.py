@@ -14,11 +14,12 @@ Measured with `--config.seed=0/1/2` (three independent studies, one worker each,
 2-core machine under heavy load from other jobs, so wall times are inflated; CPU time is the
 fairer figure):
 
-    seed  complete/pruned  steps trained*  CPU s   wall s  best trial (validation)                 retrained test
-    0       2 / 28          12,500         88      475     adamw 0.0158 warmup_cosine ls 0.146 (0.968)   0.962
-    1      10 / 20          22,000        104      546     adam 0.0150 constant ls 0.086 (0.968)         0.945
-    2       9 / 21          20,750         97      569     momentum 0.318 warmup_cosine ls 0.167 (0.953) 0.961
+    seed  done/pruned  steps*  CPU s  wall s  best trial: recipe (validation)        test
+    0      2 / 28      12,500    88    475    adamw 0.0158 wcos ls 0.146 (0.968)     0.962
+    1     10 / 20      22,000   104    546    adam 0.0150 const ls 0.086 (0.968)     0.945
+    2      9 / 21      20,750    97    569    momentum 0.318 wcos ls 0.167 (0.953)   0.961
 
+    wcos = warmup_cosine, const = constant, ls = label smoothing; test = retrained, tested.
     * over all 30 trials, plus 1,500 steps of retraining; the 28 optimizer x schedule cells of
       mnist1d_sweep train 42,000 steps (152 s of CPU time for that config, batch sweep included).
 
