@@ -9,7 +9,7 @@ member, all 16 in one jitted, vmapped step (`jaxopt_ft.population`). Writes accu
 Measured (seed 0; 65 s for the 16 members, 74 s for the whole command, on a 2-core machine
 shared with other jobs). Test accuracy after 500 steps:
 
-    peak lr \ momentum    0.5     0.65    0.8     0.95
+    peak lr / momentum    0.5     0.65    0.8     0.95
     0.01                  0.239   0.261   0.315   0.495
     0.031                 0.355   0.395   0.507   0.733
     0.097                 0.552   0.647   0.752   0.894
