@@ -11,6 +11,12 @@ compiles its own step, the population compiles one) and again excluding their co
 Rounds alternate. Per-member results must equal the sequential runs' (max |param difference|
 <= 1e-5, checked once). Prints both times, the ratio population / sequential (target <= 0.35)
 and one JSON line.
+
+Measured on a 2-core CPU shared with other jobs (one round): population 46.9 s, sequential
+62.9 s, ratio 0.746 (target not met on CPU); without compilation 42.0 s vs 5.9 s (7.2x slower:
+XLA:CPU runs the vmapped convolutions, whose kernels differ per member, as grouped
+convolutions, which it executes far slower than 16 plain ones). The population only wins
+there by compiling once instead of 16 times. Members match the sequential runs to 3.6e-7.
 """
 
 from __future__ import annotations
