@@ -118,6 +118,10 @@ BAD = [
     ({"hpo.space": {}}, "hpo.space"),
     ({"hpo.space": {"learning_rate": ("normal", 0.1, 1.0)}}, "'normal'"),
     ({"hpo.sampler": "grid"}, "grid"),
+    (
+        {"hpo.sampler": "grid", "hpo.space": {"optimizer": ("choice", ("sgd", "adam"))}},
+        "hpo.trials=3 exceeds the 2 points",
+    ),
     ({"hpo.storage": "nosuchdb://user@host/db"}, "nosuchdb"),
     ({"hpo.storage": "sqlite:////no/such/dir/study.db"}, "cannot be opened"),
     ({"hpo.storage": "study.db"}, "not a database URL"),

@@ -103,6 +103,13 @@ def validate(s: Settings) -> None:
     train_ds = common.validate_common(s)
     h = s.hpo
     hpo.make_sampler(h.sampler, seed=s.seed, space=h.space)
+    if h.sampler == "grid" and h.trials > (
+        points := math.prod(len(v[1]) for v in h.space.values())
+    ):
+        raise ValueError(
+            f"hpo.trials={h.trials} exceeds the {points} points of the grid of hpo.space; "
+            f"set hpo.trials={points} or add values."
+        )
     hpo.make_pruner(h.pruner, min_resource=h.eval_every, max_resource=s.train.steps)
     if h.storage:
         hpo.open_storage(h.storage, heartbeat_s=h.heartbeat_s)
