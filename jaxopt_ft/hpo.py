@@ -135,6 +135,10 @@ def make_pruner(name: str, *, min_resource: int, max_resource: int) -> optuna.pr
     raise ValueError(f"Unknown pruner {name!r}; accepted: {', '.join(PRUNERS)}.")
 
 
+# What a worker sees when another creates the same database schema at the same moment.
+_SCHEMA_RACE = ("already exists", "UNIQUE constraint failed", "database is locked")
+
+
 def open_storage(url: str, *, heartbeat_s: int) -> optuna.storages.BaseStorage:
     """The RDB storage at ``url`` with a heartbeat of ``heartbeat_s`` seconds.
 
@@ -161,7 +165,7 @@ def open_storage(url: str, *, heartbeat_s: int) -> optuna.storages.BaseStorage:
                 )
         except Exception as e:  # SQLAlchemy, driver and OS errors all mean the same to a user
             # Workers started together race to create the schema; the loser finds it made.
-            if "already exists" in str(e) and attempt < 4:
+            if any(m in str(e) for m in _SCHEMA_RACE) and attempt < 4:
                 time.sleep(0.5)
                 continue
             detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -42,17 +42,34 @@ def _states(url, name):
 
 
 def test_two_workers_share_one_study(tmp_path):
-    url = f"sqlite:///{tmp_path / 'study.db'}"
-    workers = [_worker(url, "shared", 8, "work") for _ in range(2)]
+    # The same command twice at once: one workdir, one SQLite study, 6 trials between them.
+    cmd = [
+        sys.executable, "-m", "jaxopt_ft.cli", f"--config={HPO}", f"--workdir={tmp_path}",
+        *[f"--config.{k}={v}" for k, v in TINY.items()],
+        "--config.hpo.trials=6", "--config.hpo.retrain=False",
+    ]  # fmt: skip
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    workers = [subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for w in workers:
-        out, err = w.communicate(timeout=120)
+        _, err = w.communicate(timeout=300)
         assert w.returncode == 0, err[-2000:]
-    states, study = _states(url, "shared")
-    complete = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
-    assert len(complete) == 8, states
-    assert len({t.number for t in complete}) == 8
+    states, study = _states(f"sqlite:///{tmp_path / 'study.db'}", "hpo")
+    finished = [t for t in study.get_trials() if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 6, states
     # A surplus trial (two workers asking at the same instant) is the only kind of failure.
     assert all(t.user_attrs.get("surplus") for t in study.get_trials() if t.state.name == "FAIL")
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["trials"] == len(states) and len(report["rows"]) == len(states)
+
+
+def test_racing_workers_finish_exactly_the_budget(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    workers = [_worker(url, "shared", 5, "work") for _ in range(2)]
+    for w in workers:
+        _, err = w.communicate(timeout=120)
+        assert w.returncode == 0, err[-2000:]
+    states, study = _states(url, "shared")
+    assert states.count("COMPLETE") == 5, states
 
 
 def test_killed_worker_fails_its_trial_and_the_study_resumes(tmp_path):
