@@ -204,3 +204,21 @@ def test_dashboard_serves_a_finished_study(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_population_evaluator_trains_trials_together(tmp_path):
+    overrides = {
+        **TINY,
+        "hpo.trials": 4,
+        "hpo.evaluator": "population",
+        "hpo.population": 2,
+        "hpo.retrain": False,
+        "hpo.space": {"learning_rate": ("log", 1e-3, 1.0), "label_smoothing": ("uniform", 0, 0.2)},
+    }
+    module, settings = experiments.prepare(load_config(HPO, overrides=overrides))
+    report = module.run(settings, str(tmp_path))
+    assert report["states"] == {"complete": 4}
+    rows = report["rows"]
+    assert len({r["learning_rate"] for r in rows}) == 4
+    assert all(r["steps"] == 20 and 0.0 < r["val_accuracy"] <= 1.0 for r in rows)
+    assert report["best_val_accuracy"] == max(r["val_accuracy"] for r in rows)
