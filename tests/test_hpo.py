@@ -97,7 +97,8 @@ def test_killed_worker_fails_its_trial_and_the_study_resumes(tmp_path):
 
 
 def _fed_study(pruner, curves):
-    study = optuna.create_study(direction="maximize", pruner=pruner)
+    # A fixed name: Hyperband assigns trials to brackets by hashing it with the trial number.
+    study = optuna.create_study(direction="maximize", pruner=pruner, study_name="fed")
     for curve in curves:
         trial = study.ask()
         for step, value in enumerate(curve, start=1):
