@@ -79,7 +79,7 @@ def test_killed_worker_fails_its_trial_and_the_study_resumes(tmp_path):
     os.kill(w.pid, signal.SIGKILL)
     w.wait(timeout=30)
     assert _states(url, "hpo")[0] == ["RUNNING"]
-    time.sleep(2.5)  # past the grace period of two 1 s heartbeats
+    time.sleep(3.5)  # past the grace period of two 1 s heartbeats (timestamps are whole seconds)
     config = load_config(HPO, overrides={**TINY, "hpo.storage": url, "hpo.heartbeat_s": 1})
     module, settings = experiments.prepare(config)
     (tmp_path / "wd").mkdir()
