@@ -15,12 +15,15 @@ if TYPE_CHECKING:
     from jaxopt_ft import data as data
     from jaxopt_ft import experiments as experiments
     from jaxopt_ft import finetune as finetune
+    from jaxopt_ft import hpo as hpo
     from jaxopt_ft import loop as loop
+    from jaxopt_ft import lr_range as lr_range
     from jaxopt_ft import models as models
     from jaxopt_ft import multitask as multitask
     from jaxopt_ft import ops as ops
     from jaxopt_ft import optim as optim
     from jaxopt_ft import parallel as parallel
+    from jaxopt_ft import population as population
     from jaxopt_ft import prune as prune
     from jaxopt_ft import quant as quant
     from jaxopt_ft import report as report
@@ -35,12 +38,15 @@ __all__ = [
     "data",
     "experiments",
     "finetune",
+    "hpo",
     "loop",
+    "lr_range",
     "models",
     "multitask",
     "ops",
     "optim",
     "parallel",
+    "population",
     "prune",
     "quant",
     "report",

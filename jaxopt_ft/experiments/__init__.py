@@ -26,6 +26,9 @@ REGISTRY: dict[str, str] = {
     "augment": "jaxopt_ft.experiments.augment",
     "transfer": "jaxopt_ft.experiments.transfer",
     "multitask": "jaxopt_ft.experiments.multitask",
+    "hpo": "jaxopt_ft.experiments.hpo",
+    "population": "jaxopt_ft.experiments.population",
+    "lr_range": "jaxopt_ft.experiments.lr_range",
 }
 
 

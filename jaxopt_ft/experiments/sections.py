@@ -294,3 +294,108 @@ class Multitask:
                 f"{key('similarity_from')}={self.similarity_from!r} must be one of the "
                 f"multi-task rows {rows}."
             )
+
+
+# --- hyperparameter search ---------------------------------------------------------------------
+
+SEARCH_PARAMETERS = (
+    "optimizer",
+    "learning_rate",
+    "weight_decay",
+    "momentum",
+    "batch_size",
+    "schedule",
+    "warmup_fraction",
+    "label_smoothing",
+)
+POPULATION_PARAMETERS = ("learning_rate", "weight_decay", "momentum", "label_smoothing")
+
+
+def _space(parameters: tuple[str, ...]) -> f.Check:
+    def check(value, key):
+        value = f.mapping(f.anything(), allow_empty=False)(value, key)
+        try:
+            importlib.import_module("jaxopt_ft.hpo").check_space(value, parameters)
+        except ValueError as e:
+            raise ValueError(f"{key}: {e}") from None
+        return value
+
+    return check
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Hpo:
+    """The ``hpo`` experiment: an Optuna study shared by every worker started on its storage."""
+
+    trials: int = setting(30, f.integer(1), "finished trials of the study, all workers together")
+    space: dict = setting(
+        {
+            "optimizer": ("choice", ("momentum", "adam", "adamw")),
+            "learning_rate": ("log", 1e-3, 1.0),
+            "schedule": ("choice", ("constant", "warmup_cosine")),
+            "label_smoothing": ("uniform", 0.0, 0.2),
+        },
+        _space(SEARCH_PARAMETERS),
+        "{parameter: (kind, ...)}: ('log'|'uniform'|'int', low, high) or ('choice', values)",
+    )
+    sampler: str = setting("tpe", f.choice(("tpe", "random", "cmaes", "grid")), "Optuna sampler")
+    pruner: str = setting(
+        "asha", f.choice(("asha", "median", "hyperband", "none")), "early stopping of trials"
+    )
+    storage: str = setting("", f.text(), "Optuna storage URL ('' = sqlite:///<workdir>/study.db)")
+    study_name: str = setting("hpo", f.text(allow_empty=False), "study shared by the workers")
+    heartbeat_s: int = setting(10, f.integer(1), "a dead worker's trial fails after 2x this")
+    validation_fraction: float = setting(
+        0.1, f.number(0.0, 0.5, low_open=True), "held-out share of train (never test)"
+    )
+    eval_every: int = setting(250, f.integer(1), "steps between validation reports to the pruner")
+    lr_scaling: str = setting(
+        "linear", f.choice(("none", "linear", "sqrt")), "rate at another batch size"
+    )
+    evaluator: str = setting(
+        "sequential", f.choice(("sequential", "population")), "one trial at a time or K vmapped"
+    )
+    population: int = setting(8, f.integer(1), "trials per vmapped population (evaluator)")
+    retrain: bool = setting(True, f.boolean(), "retrain the best trial on all of train, test it")
+
+    def check(self, key) -> None:
+        if self.evaluator == "population":
+            bad = sorted(set(self.space) - set(POPULATION_PARAMETERS))
+            if bad:
+                raise ValueError(
+                    f"{key('evaluator')}='population' varies only {list(POPULATION_PARAMETERS)} "
+                    f"within one compiled step; {key('space')} also has {bad}. Remove them or "
+                    f"set {key('evaluator')}='sequential'."
+                )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PopulationStudy:
+    """The ``population`` experiment: K configurations of one optimizer family, vmapped."""
+
+    size: int = setting(16, f.integer(1), "configurations (before seeds)")
+    draw: str = setting("grid", f.choice(("grid", "random")), "a grid or a random draw of space")
+    space: dict = setting(
+        {"learning_rate": ("log", 1e-2, 1.0), "momentum": ("uniform", 0.5, 0.95)},
+        _space(POPULATION_PARAMETERS),
+        "{parameter: spec}; grid: size = points per axis ** axes",
+    )
+    seeds: tuple = setting((0,), f.sequence(f.integer(0)), "each configuration once per seed")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LrRange:
+    """The ``lr_range`` experiment: Smith's learning-rate range test (`jaxopt_ft.lr_range`)."""
+
+    min_lr: float = setting(1e-5, f.POSITIVE, "first rate of the exponential ramp")
+    max_lr: float = setting(10.0, f.POSITIVE, "last rate of the ramp")
+    steps: int = setting(300, f.integer(10), "steps of the ramp (it stops early on divergence)")
+    beta: float = setting(0.98, f.number(0.0, 1.0, high_open=True), "loss smoothing (EMA)")
+    diverge: float = setting(4.0, f.number(1.0, low_open=True), "stop at this x smoothed minimum")
+
+    def check(self, key) -> None:
+        if not self.min_lr < self.max_lr:
+            raise ValueError(
+                f"{key('min_lr')}={self.min_lr!r} must be below {key('max_lr')}={self.max_lr!r}; "
+                "the range is empty or inverted."
+            )

@@ -20,7 +20,10 @@ from jaxopt_ft.experiments.fields import section, setting
 from jaxopt_ft.experiments.sections import (
     AugmentStudy,
     BitsSweep,
+    Hpo,
+    LrRange,
     Multitask,
+    PopulationStudy,
     Prune,
     PruneSchedule,
     Quant,
@@ -240,6 +243,24 @@ class MultitaskSettings(Common):
     multitask: Multitask = section(Multitask)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HpoSettings(Common):
+    experiment: str = setting("hpo", f.text(), "experiment kind")
+    hpo: Hpo = section(Hpo)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PopulationSettings(Common):
+    experiment: str = setting("population", f.text(), "experiment kind")
+    population: PopulationStudy = section(PopulationStudy)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LrRangeSettings(Common):
+    experiment: str = setting("lr_range", f.text(), "experiment kind")
+    lr_range: LrRange = section(LrRange)
+
+
 SETTINGS: dict[str, type] = {
     "train": TrainSettings,
     "compress": CompressSettings,
@@ -250,6 +271,9 @@ SETTINGS: dict[str, type] = {
     "augment": AugmentSettings,
     "transfer": TransferSettings,
     "multitask": MultitaskSettings,
+    "hpo": HpoSettings,
+    "population": PopulationSettings,
+    "lr_range": LrRangeSettings,
 }
 
 
