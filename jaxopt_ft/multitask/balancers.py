@@ -150,26 +150,28 @@ class DbMtlState(NamedTuple):
 def _db_mtl(method: Method, tasks: tuple[Task, ...]) -> Weighting:
     """DB-MTL (Lin et al., "Dual-Balancing for Multi-Task Learning", 2023): gradients of
     ``log(L_t + 1e-8)`` (loss balancing), their EMA ``m <- g + beta / k^sigma (m - g)`` at
-    step k, each rescaled to the largest EMA norm (gradient balancing)."""
+    step k, each rescaled to the largest EMA norm (gradient balancing).
+
+    The log-loss gradient is taken as ``grad L_t / (L_t + 1e-8)`` from the device-averaged
+    loss and gradient, so that data-parallel steps equal full-batch ones.
+    """
 
     def init(params, num_tasks):
         size = sum(x.size for x in jax.tree.leaves(params["trunk"]))
         return params, DbMtlState(jnp.zeros((num_tasks, size), jnp.float32))
 
-    def transform(losses, params):
-        del params
-        return jnp.log(losses + DB_EPS)
-
     def direction(matrix, losses, *, aux, key, step):
         del key
+        inv = 1.0 / (losses + DB_EPS)
+        g = matrix * inv[:, None]
         k = (step + 1).astype(jnp.float32)
-        buffer = matrix + (method.db_beta / k**method.db_beta_sigma) * (aux.buffer - matrix)
+        buffer = g + (method.db_beta / k**method.db_beta_sigma) * (aux.buffer - g)
         norms = jnp.linalg.norm(buffer, axis=1)
         alpha = jnp.max(norms) / (norms + DB_EPS)
-        # Heads follow the log-loss gradients, as the trunk's rows do.
-        return Direction(alpha @ buffer, alpha, 1.0 / (losses + DB_EPS), DbMtlState(buffer))
+        # Heads follow their own log-loss gradients, as LibMTL's backward of log(L_t) does.
+        return Direction(alpha @ buffer, alpha, inv, DbMtlState(buffer))
 
-    return gradient_method(_names(tasks), direction, init=init, transform=transform)
+    return gradient_method(_names(tasks), direction, init=init)
 
 
 def rlw_weights(key: jax.Array, num_tasks: int) -> jax.Array:
