@@ -372,3 +372,29 @@ def test_every_method_runs_data_parallel_like_one_device(name):
             got.aux["weighting"],
             ref.aux["weighting"],
         )
+
+
+def test_delta_m_follows_libmtl():
+    from jaxopt_ft.experiments.multitask import delta_m
+
+    tasks = mt.make_tasks({"digit": {"kind": "classification", "num_classes": 10}, **SPEC})
+    single = {"digit_accuracy": 0.8, "parity_accuracy": 0.9, "slope_mse": 0.02}
+    row = {"digit_accuracy": 0.88, "parity_accuracy": 0.9, "slope_mse": 0.03}
+    # (+10% + 0% - 50%) / 3 tasks
+    np.testing.assert_allclose(delta_m(row, single, tasks), -40.0 / 3, rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"name": "mgda_plus"}, "Unknown method 'mgda_plus'; accepted: .*nash_mtl"),
+        ({"name": "cagrad", "cagrad_rescale": 3}, "cagrad_rescale must be 0, 1 or 2, got 3"),
+        ({"name": "gradvac", "gradvac_beta": 1.5}, r"gradvac_beta must be in \(0, 1\]"),
+        ({"name": "graddrop", "graddrop_leak": -0.1}, r"graddrop_leak must be in \[0, 1\]"),
+        ({"name": "db_mtl", "db_beta": 1.0}, r"db_beta must be in \[0, 1\)"),
+        ({"name": "mgda", "mgda_normalize": "l1"}, "mgda_normalize='l1' is not accepted"),
+    ],
+)
+def test_bad_method_options(kw, match):
+    with pytest.raises(ValueError, match=match):
+        mt.Method(**kw)

@@ -2,12 +2,15 @@
 
 Rows (``multitask.rows``, in that order): ``single_task`` (one model per task, each task's
 metric from its own model), then one multi-task model per method: ``equal``, ``static``,
-``uncertainty``, ``dwa``, ``gradnorm``, ``pcgrad``, ``alternating``. Every row has the per-task
-test metrics (``<task>_accuracy`` / ``<task>_mse``), ``params`` (trunk + heads; all T models
-for ``single_task``), ``wall_s`` and, for methods with weights other than 1, the final
-``weight_<task>``. The top level has ``tasks`` (their order) and ``task_similarity``: the mean
-cosine similarity of the per-task trunk gradients over the training of ``similarity_from``,
-also drawn as ``task_similarity.png``. Each row is its own resumable phase.
+``uncertainty``, ``dwa``, ``gradnorm``, ``pcgrad``, ``alternating`` and the gradient balancers
+``mgda``, ``cagrad``, ``nash_mtl``, ``imtl``, ``gradvac``, ``graddrop``, ``rlw``,
+``aligned_mtl``, ``db_mtl``. Every row has the per-task test metrics (``<task>_accuracy`` /
+``<task>_mse``), ``params`` (trunk + heads; all T models for ``single_task``), ``wall_s``,
+``step_ms`` and, for methods with weights other than 1, the final ``weight_<task>``; with a
+``single_task`` row, every other row has ``delta_m`` (`delta_m`, percent). The top level has
+``tasks`` (their order) and ``task_similarity``: the mean cosine similarity of the per-task
+trunk gradients over the training of ``similarity_from``, also drawn as
+``task_similarity.png``. Each row is its own resumable phase.
 """
 
 from __future__ import annotations
@@ -40,6 +43,14 @@ def _method(s: Settings, name: str, *, window: int) -> mt.Method:
         alpha=m.gradnorm_alpha,
         weight_lr=m.gradnorm_lr,
         alternate=m.alternate,
+        mgda_normalize=m.mgda_normalize,
+        cagrad_alpha=m.cagrad_alpha,
+        cagrad_rescale=m.cagrad_rescale,
+        nash_max_norm=m.nash_max_norm,
+        gradvac_beta=m.gradvac_beta,
+        graddrop_leak=m.graddrop_leak,
+        db_beta=m.db_beta,
+        db_beta_sigma=m.db_beta_sigma,
     )
 
 
@@ -170,11 +181,14 @@ def run(s: Settings, workdir: str, *, progress: bool = True) -> dict:
         if row_name in _VARYING_WEIGHTS:
             row.update(_final_weights(state, tasks, method))
         row["train_steps_per_s"] = summary.get("train_steps_per_s")
+        if row["train_steps_per_s"]:
+            row["step_ms"] = 1000.0 / row["train_steps_per_s"]
         row["wall_s"] = timer()
         rows.append(row)
         if row_name == s.multitask.similarity_from:
             sim = state.aux["similarity"]
             similarity = (np.asarray(sim.mean()), int(sim.count))
+    _add_delta_m(rows, tasks)
     matrix, count = similarity
     source = s.multitask.similarity_from
     plot = _plot(
@@ -192,6 +206,32 @@ def run(s: Settings, workdir: str, *, progress: bool = True) -> dict:
         similarity_steps=count,
         plots=[plot],
     )
+
+
+def delta_m(row: dict, single: dict, tasks) -> float:
+    """LibMTL's average relative improvement over single-task learning, in percent.
+
+    ``100 / T * sum_t s_t (M_t - M_t^single) / M_t^single`` with ``s_t = +1`` where higher is
+    better (accuracy) and ``-1`` where lower is (MSE) (Maninis et al. 2019; Vandenhende et
+    al. 2021).
+    """
+    total = 0.0
+    for t in tasks:
+        higher_better = t.kind == "classification"
+        key = f"{t.name}_accuracy" if higher_better else f"{t.name}_mse"
+        sign = 1.0 if higher_better else -1.0
+        total += sign * (row[key] - single[key]) / single[key]
+    return 100.0 * total / len(tasks)
+
+
+def _add_delta_m(rows: list[dict], tasks) -> None:
+    """Sets ``delta_m`` on every multi-task row when the ``single_task`` row exists."""
+    single = next((r for r in rows if r["name"] == "single_task"), None)
+    if single is None:
+        return
+    for r in rows:
+        if r is not single:
+            r["delta_m"] = round(delta_m(r, single, tasks), 3)
 
 
 def _evaluate(s: Settings, state, tasks, test_ds: data.Dataset, test_y) -> dict[str, float]:
