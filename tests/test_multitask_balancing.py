@@ -334,7 +334,61 @@ def test_step_moves_trunk_by_the_method_and_heads_by_their_own_task(name):
     np.testing.assert_allclose([float(metrics[f"loss_{n}"]) for n in NAMES], values, rtol=1e-5)
 
 
-NEW = ["mgda", "cagrad", "nash_mtl", "imtl", "gradvac", "graddrop", "rlw", "aligned_mtl", "db_mtl"]
+def test_mgda_ub_weights_the_representation_gradients():
+    """MGDA-UB: min-norm weights of the (T, D) gradients w.r.t. the trunk's output."""
+    state, method = _init("mgda_ub", optax.sgd(1.0))
+    batch = _batch()
+    params = state.params
+    values, _, heads = _separate_grads(params, batch)
+
+    def features(p):
+        fn = lambda m, x: m.trunk(x, train=False, features_only=True)  # noqa: E731
+        return MODEL.apply({"params": p}, batch["x"], method=fn)
+
+    def task_loss(z, head, i):  # the heads written out by hand
+        t = TASKS[i]
+        y = z @ head[t.name]["kernel"] + head[t.name]["bias"]
+        y = y[:, 0] if t.kind == "regression" else y
+        return mt.tasks.task_loss(t, y, batch["targets"][t.name]).mean()
+
+    z = features(params)
+    rep = np.stack(
+        [np.asarray(jax.grad(task_loss)(z, params["heads"], i)).sum(0) for i in range(3)]
+    )
+    w = np_mgda(rep.astype(np.float64) @ rep.T.astype(np.float64))
+    trunk = [
+        jax.grad(lambda tr, i=i: task_loss(features({**params, "trunk": tr}), params["heads"], i))(
+            params["trunk"]
+        )
+        for i in range(3)
+    ]
+    want = sum(w[i] * np.asarray(ravel_pytree(trunk[i])[0], np.float64) for i in range(3))
+    new, metrics = jax.jit(mt.make_train_step(TASKS, method))(state, batch, jax.random.PRNGKey(0))
+    np.testing.assert_allclose([float(metrics[f"weight_{n}"]) for n in NAMES], w, atol=2e-4)
+    moved = jax.tree.map(lambda a, b: np.asarray(a, np.float64) - b, params, new.params)
+    np.testing.assert_allclose(ravel_pytree(moved["trunk"])[0], want, rtol=1e-3, atol=1e-6)
+    for i, n in enumerate(NAMES):
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6),
+            moved["heads"][n],
+            heads[i][n],
+        )
+    assert set(new.params) == {"trunk", "heads"}  # the offset is never stored
+    np.testing.assert_allclose([float(metrics[f"loss_{n}"]) for n in NAMES], values, rtol=1e-5)
+
+
+NEW = [
+    "mgda",
+    "mgda_ub",
+    "cagrad",
+    "nash_mtl",
+    "imtl",
+    "gradvac",
+    "graddrop",
+    "rlw",
+    "aligned_mtl",
+    "db_mtl",
+]
 STEPS = 20
 
 
@@ -393,6 +447,7 @@ def test_delta_m_follows_libmtl():
         ({"name": "graddrop", "graddrop_leak": -0.1}, r"graddrop_leak must be in \[0, 1\]"),
         ({"name": "db_mtl", "db_beta": 1.0}, r"db_beta must be in \[0, 1\)"),
         ({"name": "mgda", "mgda_normalize": "l1"}, "mgda_normalize='l1' is not accepted"),
+        ({"name": "cagrad", "rep_grad": True}, "rep_grad=True is not supported by method 'cagrad'"),
     ],
 )
 def test_bad_method_options(kw, match):

@@ -11,6 +11,7 @@ single-device ones.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, NamedTuple
 
 import jax
@@ -18,12 +19,14 @@ import jax.numpy as jnp
 
 from jaxopt_ft.multitask import balancing as bal
 from jaxopt_ft.multitask.combining import Direction, Weighting, gradient_method, weighted
+from jaxopt_ft.multitask.representation import rep_weighting
 
 if TYPE_CHECKING:
     from jaxopt_ft.multitask.methods import Method
     from jaxopt_ft.multitask.tasks import Task
 
 DB_EPS = 1e-8
+REP_GRAD_METHODS = ("mgda", "mgda_ub", "imtl", "aligned_mtl")
 
 
 def _names(tasks) -> list[str]:
@@ -33,7 +36,16 @@ def _names(tasks) -> list[str]:
 def _mgda(method: Method, tasks: tuple[Task, ...]) -> Weighting:
     """MGDA (Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization", NeurIPS
     2018): the trunk moves along the min-norm point of the convex hull of the (normalised)
-    task gradients (`balancing.mgda_weights`)."""
+    task gradients (`balancing.mgda_weights`). With ``rep_grad`` the hull is that of the
+    representation gradients (MGDA-UB) and the weights scale the unnormalised ones, as in
+    LibMTL."""
+
+    def weights(g, losses):
+        g = bal.mgda_normalize(g, losses, method.mgda_normalize)
+        return bal.mgda_weights(g @ g.T)
+
+    if method.rep_grad:
+        return rep_weighting(_names(tasks), weights)
 
     def direction(matrix, losses, *, aux, key, step):
         del key, step
@@ -42,6 +54,11 @@ def _mgda(method: Method, tasks: tuple[Task, ...]) -> Weighting:
         return Direction(w @ g, w, None, aux)
 
     return gradient_method(_names(tasks), direction)
+
+
+def _mgda_ub(method: Method, tasks: tuple[Task, ...]) -> Weighting:
+    """MGDA-UB (Sener & Koltun §3.3): MGDA on the gradients of the shared representation."""
+    return _mgda(dataclasses.replace(method, rep_grad=True), tasks)
 
 
 def _cagrad(method: Method, tasks: tuple[Task, ...]) -> Weighting:
@@ -79,7 +96,6 @@ def _imtl(method: Method, tasks: tuple[Task, ...]) -> Weighting:
     learned loss scales ``exp(s_t) L_t - s_t`` (IMTL-L, ``params["imtl_scale"]``) and the
     closed-form impartial gradient weights on the scaled gradients (IMTL-G,
     `balancing.imtl_weights`)."""
-    del method
     names = _names(tasks)
 
     def init(params, num_tasks):
@@ -89,6 +105,10 @@ def _imtl(method: Method, tasks: tuple[Task, ...]) -> Weighting:
     def transform(losses, params):
         s = jnp.stack([params["imtl_scale"][n] for n in names])
         return jnp.exp(s) * losses - s
+
+    if method.rep_grad:
+        weights = lambda g, losses: bal.imtl_weights(g)  # noqa: E731
+        return rep_weighting(names, weights, init=init, transform=transform)
 
     def direction(matrix, losses, *, aux, key, step):
         del losses, key, step
@@ -131,7 +151,9 @@ def _aligned_mtl(method: Method, tasks: tuple[Task, ...]) -> Weighting:
     """Aligned-MTL (Senushkin et al., "Independent Component Alignment for Multi-Task
     Learning", CVPR 2023): weights that make the gradient system's principal components
     equal (`balancing.aligned_mtl_weights`)."""
-    del method
+    if method.rep_grad:
+        weights = lambda g, losses: bal.aligned_mtl_weights(g @ g.T)  # noqa: E731
+        return rep_weighting(_names(tasks), weights)
 
     def direction(matrix, losses, *, aux, key, step):
         del losses, key, step
@@ -196,6 +218,7 @@ def _rlw(method: Method, tasks: tuple[Task, ...]) -> Weighting:
 
 BALANCERS = {
     "mgda": _mgda,
+    "mgda_ub": _mgda_ub,
     "cagrad": _cagrad,
     "nash_mtl": _nash_mtl,
     "imtl": _imtl,

@@ -27,7 +27,7 @@ from jaxopt_ft import train
 from jaxopt_ft import tree as tree_lib
 from jaxopt_ft.multitask import gradients as grads_lib
 from jaxopt_ft.multitask import weighting as wt
-from jaxopt_ft.multitask.balancers import BALANCERS
+from jaxopt_ft.multitask.balancers import BALANCERS, REP_GRAD_METHODS
 from jaxopt_ft.multitask.combining import Weighting, metrics_of, no_state, task_grads, weighted
 from jaxopt_ft.multitask.tasks import Task
 
@@ -59,6 +59,9 @@ class Method:
         graddrop_leak: ``graddrop``: kept fraction of a dropped sign, in [0, 1].
         db_beta: ``db_mtl``: EMA decay of the log-loss gradients, in [0, 1).
         db_beta_sigma: ``db_mtl``: decay exponent of ``beta / step^sigma``, >= 0.
+        rep_grad: take the per-task gradients with respect to the shared representation
+            instead of the trunk parameters (`jaxopt_ft.multitask.representation`); for the
+            weight-producing methods in :data:`REP_GRAD_METHODS`.
     """
 
     name: str = "equal"
@@ -77,6 +80,7 @@ class Method:
     graddrop_leak: float = 0.0
     db_beta: float = 0.9
     db_beta_sigma: float = 0.0
+    rep_grad: bool = False
 
     def __post_init__(self):
         if self.name not in WEIGHTINGS:
@@ -105,6 +109,11 @@ class Method:
             raise ValueError(
                 f"mgda_normalize={self.mgda_normalize!r} is not accepted; choose "
                 f"{', '.join(MGDA_NORMALIZE)}."
+            )
+        if self.rep_grad and self.name not in REP_GRAD_METHODS:
+            raise ValueError(
+                f"rep_grad=True is not supported by method {self.name!r}; representation "
+                f"gradients serve {', '.join(REP_GRAD_METHODS)}: set rep_grad=False."
             )
         if self.alternate not in ALTERNATE:
             raise ValueError(

@@ -16,6 +16,9 @@ import jax
 from jaxopt_ft.multitask.tasks import Task
 
 PyTree = Any
+# A zero (D,) vector that representation-gradient methods add to the trunk's output to
+# differentiate the task losses with respect to the shared representation; never stored.
+REP_OFFSET = "rep_offset"
 
 
 class _Heads(nn.Module):
@@ -50,6 +53,8 @@ class MultiTaskModel(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
         """Returns ``{task: logits (B, C) or regression output (B,)}``."""
         h = self.trunk(x, train=train, features_only=True)
+        if self.has_variable("params", REP_OFFSET):  # only representation-gradient steps
+            h = h + self.get_variable("params", REP_OFFSET)
         return _Heads(self.tasks, name="heads")(h)
 
 
