@@ -1,5 +1,6 @@
 """Gradient-balancing methods against NumPy transcriptions of the published algorithms."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -453,3 +454,75 @@ def test_delta_m_follows_libmtl():
 def test_bad_method_options(kw, match):
     with pytest.raises(ValueError, match=match):
         mt.Method(**kw)
+
+
+# --- architectures ------------------------------------------------------------------------
+
+
+class _SeqTrunk(nn.Module):
+    """A trunk whose features keep a length axis (not flat), which MMoE cannot mix."""
+
+    @nn.compact
+    def __call__(self, x, *, train=False, features_only=False):
+        del train, features_only
+        return nn.Dense(4)(x[..., None])
+
+
+def test_mmoe_mixes_the_experts_by_each_tasks_gate():
+    expert = models.get("mlp", hidden=(6,))
+    model = mt.MultiTaskModel(mt.MMoE(expert, TASKS, num_experts=3), TASKS)
+    x = _batch(n=5)["x"]
+    params = model.init(jax.random.PRNGKey(0), x[:1])["params"]
+    assert sorted(params["trunk"]) == ["expert0", "expert1", "expert2"] + [
+        f"gate_{n}" for n in sorted(NAMES)
+    ]
+    feats = np.stack(
+        [
+            np.asarray(
+                expert.apply({"params": params["trunk"][f"expert{e}"]}, x, features_only=True)
+            )
+            for e in range(3)
+        ],
+        axis=1,
+    )
+    out = model.apply({"params": params}, x)
+    for t in TASKS:
+        gate = params["trunk"][f"gate_{t.name}"]
+        logits = x @ np.asarray(gate["kernel"]) + np.asarray(gate["bias"])
+        g = np.exp(logits - logits.max(1, keepdims=True))
+        g /= g.sum(1, keepdims=True)
+        z = np.einsum("be,bed->bd", g, feats)
+        head = params["heads"][t.name]
+        y = z @ np.asarray(head["kernel"]) + np.asarray(head["bias"])
+        y = y[:, 0] if t.kind == "regression" else y
+        np.testing.assert_allclose(out[t.name], y, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(
+        params["trunk"]["expert0"]["dense1"]["kernel"],
+        params["trunk"]["expert1"]["dense1"]["kernel"],
+    )
+
+
+def test_mmoe_trains_with_a_gradient_method():
+    model = mt.MultiTaskModel(mt.MMoE(models.get("mlp", hidden=(6,)), TASKS, num_experts=2), TASKS)
+    state, method = mt.init_state(
+        model, mt.Method(name="imtl"), key=jax.random.PRNGKey(0), sample_x=np.zeros((1, 40)),
+        tx=optax.adam(1e-2),
+    )  # fmt: skip
+    step = jax.jit(mt.make_train_step(TASKS, method))
+    first = None
+    for k in range(15):
+        state, metrics = step(state, _batch(seed=0), jax.random.PRNGKey(k))
+        first = first if first is not None else float(metrics["loss_digit"])
+    assert float(metrics["loss_digit"]) < first
+
+
+@pytest.mark.parametrize(
+    ("trunk", "match"),
+    [
+        (mt.MMoE(models.get("mlp", hidden=(6,)), TASKS, num_experts=0), "num_experts must be"),
+        (mt.MMoE(_SeqTrunk(), TASKS, num_experts=2), r"gives shape \(1, 40, 4\)"),
+    ],
+)
+def test_mmoe_rejects_bad_experts(trunk, match):
+    with pytest.raises(ValueError, match=match):
+        mt.MultiTaskModel(trunk, TASKS).init(jax.random.PRNGKey(0), np.zeros((1, 40)))

@@ -4,7 +4,9 @@ Rows (``multitask.rows``, in that order): ``single_task`` (one model per task, e
 metric from its own model), then one multi-task model per method: ``equal``, ``static``,
 ``uncertainty``, ``dwa``, ``gradnorm``, ``pcgrad``, ``alternating`` and the gradient balancers
 ``mgda``, ``cagrad``, ``nash_mtl``, ``imtl``, ``gradvac``, ``graddrop``, ``rlw``,
-``aligned_mtl``, ``db_mtl``. Every row has the per-task test metrics (``<task>_accuracy`` /
+``aligned_mtl``, ``db_mtl`` (``mgda_ub``: MGDA on the representation's gradients), and the
+architecture ``mmoe`` (`jaxopt_ft.multitask.MMoE` experts from the configured model, equal
+weights). Every row has the per-task test metrics (``<task>_accuracy`` /
 ``<task>_mse``), ``params`` (trunk + heads; all T models for ``single_task``), ``wall_s``,
 ``step_ms`` and, for methods with weights other than 1, the final ``weight_<task>``; with a
 ``single_task`` row, every other row has ``delta_m`` (`delta_m`, percent). The top level has
@@ -27,6 +29,10 @@ from jaxopt_ft.experiments import common
 from jaxopt_ft.experiments.settings import MultitaskSettings as Settings
 
 _VARYING_WEIGHTS = ("static", "uncertainty", "dwa", "gradnorm")
+# Rows that change the trunk (trained with equal weights): row -> (trunk, tasks, s) -> trunk.
+_ARCHITECTURES = {
+    "mmoe": lambda trunk, tasks, s: mt.MMoE(trunk, tasks, s.multitask.num_experts),
+}
 
 
 def _tasks(s: Settings) -> tuple[mt.Task, ...]:
@@ -52,6 +58,10 @@ def _method(s: Settings, name: str, *, window: int) -> mt.Method:
         db_beta=m.db_beta,
         db_beta_sigma=m.db_beta_sigma,
     )
+
+
+def _row_method(s: Settings, row: str, *, window: int) -> mt.Method:
+    return _method(s, "equal" if row in _ARCHITECTURES else row, window=window)
 
 
 def _dwa_window(s: Settings, n_train: int) -> int:
@@ -89,10 +99,19 @@ def validate(s: Settings) -> None:
     mt.static_weights(dict.fromkeys(names, 0.0), s.multitask.static_weights)
     window = _dwa_window(s, len(train_ds.label))
     for name in s.multitask.rows:  # method hyperparameters and static weights, per row
-        if name != "single_task":
+        if name in _ARCHITECTURES:
+            _check_architecture(s, name, tasks, train_ds)
+        elif name != "single_task":
             method = _method(s, name, window=window)
             if name != "gradnorm":  # its shared layer is resolved from the model at init
                 mt.make_train_step(tasks, method)
+
+
+def _check_architecture(s: Settings, name: str, tasks, train_ds: data.Dataset) -> None:
+    """Builds the row's model on one example, so an incompatible trunk fails before training."""
+    trunk = _ARCHITECTURES[name](common.build_model(s, num_classes=train_ds.num_classes), tasks, s)
+    model = mt.MultiTaskModel(trunk, tasks)
+    jax.eval_shape(model.init, jax.random.PRNGKey(0), train_ds.x[:1])
 
 
 def _batches(ds: data.Dataset, targets: dict, *, batch_size: int, seed: int):
@@ -110,6 +129,8 @@ def _batches(ds: data.Dataset, targets: dict, *, batch_size: int, seed: int):
 def _train_row(s: Settings, workdir, *, tasks, method, phase, train_ds, targets, keys, progress):
     steps = s.train.steps
     trunk = common.build_model(s, num_classes=train_ds.num_classes)
+    if phase in _ARCHITECTURES:
+        trunk = _ARCHITECTURES[phase](trunk, tasks, s)
     model = mt.MultiTaskModel(trunk, tasks)
     state, method = mt.init_state(
         model,
@@ -173,7 +194,7 @@ def run(s: Settings, workdir: str, *, progress: bool = True) -> dict:
             rows.append(row)
             continue
         state, method, summary = _train_row(
-            s, workdir, tasks=tasks, method=_method(s, row_name, window=window), phase=row_name,
+            s, workdir, tasks=tasks, method=_row_method(s, row_name, window=window), phase=row_name,
             targets=train_y, **kw,
         )  # fmt: skip
         row = {"name": row_name, **_evaluate(s, state, tasks, test_ds, test_y)}

@@ -228,6 +228,7 @@ MULTITASK_ROWS = (
     "pcgrad",
     "alternating",
     "mgda",
+    "mgda_ub",
     "cagrad",
     "nash_mtl",
     "imtl",
@@ -236,6 +237,7 @@ MULTITASK_ROWS = (
     "rlw",
     "aligned_mtl",
     "db_mtl",
+    "mmoe",
 )
 
 
@@ -269,6 +271,7 @@ class Multitask:
     graddrop_leak: float = setting(0.0, f.FRACTION, "GradDrop leak")
     db_beta: float = setting(0.9, f.number(0.0, 1.0, high_open=True), "DB-MTL EMA decay")
     db_beta_sigma: float = setting(0.0, f.number(0.0), "DB-MTL decay exponent")
+    num_experts: int = setting(3, f.integer(1), "experts of row mmoe")
     similarity_from: str = setting("equal", f.text(), "row whose gradient similarity is kept")
     similarity_every: int = setting(10, f.integer(1), "steps between similarity measurements")
 
