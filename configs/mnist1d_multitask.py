@@ -40,6 +40,28 @@ TASKS = {
 }
 
 
+ROWS = (
+    "single_task",
+    "equal",
+    "uncertainty",
+    "dwa",
+    "gradnorm",
+    "pcgrad",
+    "alternating",
+    "mgda",
+    "mgda_ub",
+    "cagrad",
+    "nash_mtl",
+    "imtl",
+    "gradvac",
+    "graddrop",
+    "rlw",
+    "aligned_mtl",
+    "db_mtl",
+    "mmoe",
+)
+
+
 def get_config(arg=None):
     config = base_config("multitask")
     config.dataset.name = "mnist1d"
@@ -51,5 +73,6 @@ def get_config(arg=None):
     config.train.steps = 1500
     config.train.batch_size = 100
     config.checkpoint.every_steps = 500
+    config.multitask.rows = ROWS
     select_tasks(config, TASKS, arg)
     return config

@@ -19,6 +19,7 @@ SHORT = [
     "--config.model.channels=(8,)",
     "--config.multitask.dwa_window=2",
     "--config.multitask.similarity_every=2",
+    "--config.multitask.rows=" + repr(tuple(ROWS)),
     "--config.eval.batch_size=500",
     "--noprogress",
 ]
