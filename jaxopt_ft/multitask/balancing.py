@@ -102,7 +102,9 @@ def mgda_normalize(grads: jax.Array, losses: jax.Array, kind: str) -> jax.Array:
     return grads / scale[kind][:, None]
 
 
-def cagrad_direction(grads: jax.Array, *, alpha: float, rescale: int) -> tuple:
+def cagrad_direction(
+    grads: jax.Array, *, alpha: float, rescale: int
+) -> tuple[jax.Array, jax.Array]:
     """CAGrad's update (Liu et al., "Conflict-Averse Gradient Descent", NeurIPS 2021).
 
     With ``g0`` the mean gradient and ``c = alpha ||g0||``, the weights solve
