@@ -356,7 +356,7 @@ def test_bad_task_declarations():
     with pytest.raises(ValueError, match="'ink' has no labels on dataset 'mnist1d'"):
         data.derive_targets(ds, ["ink"])
     with pytest.raises(ValueError, match="Unknown method"):
-        mt.Method(name="mgda")
+        mt.Method(name="mgda_plus")
     with pytest.raises(ValueError, match="window"):
         mt.Method(name="dwa", window=0)
 

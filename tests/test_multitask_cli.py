@@ -19,6 +19,7 @@ SHORT = [
     "--config.model.channels=(8,)",
     "--config.multitask.dwa_window=2",
     "--config.multitask.similarity_every=2",
+    "--config.multitask.rows=" + repr(tuple(ROWS)),
     "--config.eval.batch_size=500",
     "--noprogress",
 ]
@@ -56,7 +57,7 @@ def test_cli_all_rows_matrix_plot_and_resume(tmp_path):
         rerun = json.load(f)
     for old, new in zip(report["rows"], rerun["rows"], strict=True):
         for key in old:
-            if key not in ("wall_s", "train_steps_per_s"):
+            if key not in ("wall_s", "train_steps_per_s", "step_ms"):
                 assert new[key] == old[key], key
     assert rerun["task_similarity"] == report["task_similarity"]
 
@@ -92,7 +93,14 @@ def _config(**multitask):
             r"unknown task\(s\): \['size'\]",
         ),
         ({"static_weights": {"digit": 1.0}}, r"missing: \['parity', 'large', 'slope'\]"),
-        ({"rows": ("equal", "mgda")}, "multitask.rows"),
+        ({"rows": ("equal", "mgda_plus")}, "multitask.rows"),
+        ({"mgda_normalize": "l1"}, "mgda_normalize"),
+        ({"cagrad_rescale": 3}, "cagrad_rescale"),
+        ({"cagrad_alpha": -0.5}, "cagrad_alpha"),
+        ({"gradvac_beta": 0.0}, "gradvac_beta"),
+        ({"graddrop_leak": 1.5}, "graddrop_leak"),
+        ({"db_beta": 1.0}, "db_beta"),
+        ({"nash_max_norm": -1.0}, "nash_max_norm"),
         ({"similarity_from": "single_task"}, "similarity_from"),
         ({"gradnorm_alpha": -1.0}, "alpha"),
         ({"alternate": "random"}, "alternate"),

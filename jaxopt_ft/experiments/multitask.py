@@ -2,12 +2,17 @@
 
 Rows (``multitask.rows``, in that order): ``single_task`` (one model per task, each task's
 metric from its own model), then one multi-task model per method: ``equal``, ``static``,
-``uncertainty``, ``dwa``, ``gradnorm``, ``pcgrad``, ``alternating``. Every row has the per-task
-test metrics (``<task>_accuracy`` / ``<task>_mse``), ``params`` (trunk + heads; all T models
-for ``single_task``), ``wall_s`` and, for methods with weights other than 1, the final
-``weight_<task>``. The top level has ``tasks`` (their order) and ``task_similarity``: the mean
-cosine similarity of the per-task trunk gradients over the training of ``similarity_from``,
-also drawn as ``task_similarity.png``. Each row is its own resumable phase.
+``uncertainty``, ``dwa``, ``gradnorm``, ``pcgrad``, ``alternating`` and the gradient balancers
+``mgda``, ``cagrad``, ``nash_mtl``, ``imtl``, ``gradvac``, ``graddrop``, ``rlw``,
+``aligned_mtl``, ``db_mtl`` (``mgda_ub``: MGDA on the representation's gradients), and the
+architecture ``mmoe`` (`jaxopt_ft.multitask.MMoE` experts from the configured model, equal
+weights). Every row has the per-task test metrics (``<task>_accuracy`` /
+``<task>_mse``), ``params`` (trunk + heads; all T models for ``single_task``), ``wall_s``,
+``step_ms`` and, for methods with weights other than 1, the final ``weight_<task>``; with a
+``single_task`` row, every other row has ``delta_m`` (`delta_m`, percent). The top level has
+``tasks`` (their order) and ``task_similarity``: the mean cosine similarity of the per-task
+trunk gradients over the training of ``similarity_from``, also drawn as
+``task_similarity.png``. Each row is its own resumable phase.
 """
 
 from __future__ import annotations
@@ -24,6 +29,10 @@ from jaxopt_ft.experiments import common
 from jaxopt_ft.experiments.settings import MultitaskSettings as Settings
 
 _VARYING_WEIGHTS = ("static", "uncertainty", "dwa", "gradnorm")
+# Rows that change the trunk (trained with equal weights): row -> (trunk, tasks, s) -> trunk.
+_ARCHITECTURES = {
+    "mmoe": lambda trunk, tasks, s: mt.MMoE(trunk, tasks, s.multitask.num_experts),
+}
 
 
 def _tasks(s: Settings) -> tuple[mt.Task, ...]:
@@ -40,7 +49,19 @@ def _method(s: Settings, name: str, *, window: int) -> mt.Method:
         alpha=m.gradnorm_alpha,
         weight_lr=m.gradnorm_lr,
         alternate=m.alternate,
+        mgda_normalize=m.mgda_normalize,
+        cagrad_alpha=m.cagrad_alpha,
+        cagrad_rescale=m.cagrad_rescale,
+        nash_max_norm=m.nash_max_norm,
+        gradvac_beta=m.gradvac_beta,
+        graddrop_leak=m.graddrop_leak,
+        db_beta=m.db_beta,
+        db_beta_sigma=m.db_beta_sigma,
     )
+
+
+def _row_method(s: Settings, row: str, *, window: int) -> mt.Method:
+    return _method(s, "equal" if row in _ARCHITECTURES else row, window=window)
 
 
 def _dwa_window(s: Settings, n_train: int) -> int:
@@ -78,10 +99,19 @@ def validate(s: Settings) -> None:
     mt.static_weights(dict.fromkeys(names, 0.0), s.multitask.static_weights)
     window = _dwa_window(s, len(train_ds.label))
     for name in s.multitask.rows:  # method hyperparameters and static weights, per row
-        if name != "single_task":
+        if name in _ARCHITECTURES:
+            _check_architecture(s, name, tasks, train_ds)
+        elif name != "single_task":
             method = _method(s, name, window=window)
             if name != "gradnorm":  # its shared layer is resolved from the model at init
                 mt.make_train_step(tasks, method)
+
+
+def _check_architecture(s: Settings, name: str, tasks, train_ds: data.Dataset) -> None:
+    """Builds the row's model on one example, so an incompatible trunk fails before training."""
+    trunk = _ARCHITECTURES[name](common.build_model(s, num_classes=train_ds.num_classes), tasks, s)
+    model = mt.MultiTaskModel(trunk, tasks)
+    jax.eval_shape(model.init, jax.random.PRNGKey(0), train_ds.x[:1])
 
 
 def _batches(ds: data.Dataset, targets: dict, *, batch_size: int, seed: int):
@@ -99,6 +129,8 @@ def _batches(ds: data.Dataset, targets: dict, *, batch_size: int, seed: int):
 def _train_row(s: Settings, workdir, *, tasks, method, phase, train_ds, targets, keys, progress):
     steps = s.train.steps
     trunk = common.build_model(s, num_classes=train_ds.num_classes)
+    if phase in _ARCHITECTURES:
+        trunk = _ARCHITECTURES[phase](trunk, tasks, s)
     model = mt.MultiTaskModel(trunk, tasks)
     state, method = mt.init_state(
         model,
@@ -162,7 +194,7 @@ def run(s: Settings, workdir: str, *, progress: bool = True) -> dict:
             rows.append(row)
             continue
         state, method, summary = _train_row(
-            s, workdir, tasks=tasks, method=_method(s, row_name, window=window), phase=row_name,
+            s, workdir, tasks=tasks, method=_row_method(s, row_name, window=window), phase=row_name,
             targets=train_y, **kw,
         )  # fmt: skip
         row = {"name": row_name, **_evaluate(s, state, tasks, test_ds, test_y)}
@@ -170,11 +202,14 @@ def run(s: Settings, workdir: str, *, progress: bool = True) -> dict:
         if row_name in _VARYING_WEIGHTS:
             row.update(_final_weights(state, tasks, method))
         row["train_steps_per_s"] = summary.get("train_steps_per_s")
+        if row["train_steps_per_s"]:
+            row["step_ms"] = 1000.0 / row["train_steps_per_s"]
         row["wall_s"] = timer()
         rows.append(row)
         if row_name == s.multitask.similarity_from:
             sim = state.aux["similarity"]
             similarity = (np.asarray(sim.mean()), int(sim.count))
+    _add_delta_m(rows, tasks)
     matrix, count = similarity
     source = s.multitask.similarity_from
     plot = _plot(
@@ -192,6 +227,32 @@ def run(s: Settings, workdir: str, *, progress: bool = True) -> dict:
         similarity_steps=count,
         plots=[plot],
     )
+
+
+def delta_m(row: dict, single: dict, tasks) -> float:
+    """LibMTL's average relative improvement over single-task learning, in percent.
+
+    ``100 / T * sum_t s_t (M_t - M_t^single) / M_t^single`` with ``s_t = +1`` where higher is
+    better (accuracy) and ``-1`` where lower is (MSE) (Maninis et al. 2019; Vandenhende et
+    al. 2021).
+    """
+    total = 0.0
+    for t in tasks:
+        higher_better = t.kind == "classification"
+        key = f"{t.name}_accuracy" if higher_better else f"{t.name}_mse"
+        sign = 1.0 if higher_better else -1.0
+        total += sign * (row[key] - single[key]) / single[key]
+    return 100.0 * total / len(tasks)
+
+
+def _add_delta_m(rows: list[dict], tasks) -> None:
+    """Sets ``delta_m`` on every multi-task row when the ``single_task`` row exists."""
+    single = next((r for r in rows if r["name"] == "single_task"), None)
+    if single is None:
+        return
+    for r in rows:
+        if r is not single:
+            r["delta_m"] = round(delta_m(r, single, tasks), 3)
 
 
 def _evaluate(s: Settings, state, tasks, test_ds: data.Dataset, test_y) -> dict[str, float]:

@@ -261,6 +261,17 @@ MULTITASK_ROWS = (
     "gradnorm",
     "pcgrad",
     "alternating",
+    "mgda",
+    "mgda_ub",
+    "cagrad",
+    "nash_mtl",
+    "imtl",
+    "gradvac",
+    "graddrop",
+    "rlw",
+    "aligned_mtl",
+    "db_mtl",
+    "mmoe",
 )
 
 
@@ -284,6 +295,17 @@ class Multitask:
     alternate: str = setting(
         "round_robin", f.choice(("round_robin", "sampled")), "task order of alternating"
     )
+    mgda_normalize: str = setting(
+        "none", f.choice(("none", "l2", "loss", "loss+")), "MGDA gradient normalisation"
+    )
+    cagrad_alpha: float = setting(0.5, f.number(0.0), "CAGrad ball radius c")
+    cagrad_rescale: int = setting(1, f.integer(0, 2), "CAGrad rescaling (0, 1, 2)")
+    nash_max_norm: float = setting(1.0, f.number(0.0), "Nash-MTL trunk clip (0 = none)")
+    gradvac_beta: float = setting(0.5, f.number(0.0, 1.0, low_open=True), "GradVac EMA rate")
+    graddrop_leak: float = setting(0.0, f.FRACTION, "GradDrop leak")
+    db_beta: float = setting(0.9, f.number(0.0, 1.0, high_open=True), "DB-MTL EMA decay")
+    db_beta_sigma: float = setting(0.0, f.number(0.0), "DB-MTL decay exponent")
+    num_experts: int = setting(3, f.integer(1), "experts of row mmoe")
     similarity_from: str = setting("equal", f.text(), "row whose gradient similarity is kept")
     similarity_every: int = setting(10, f.integer(1), "steps between similarity measurements")
 

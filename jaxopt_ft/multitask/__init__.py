@@ -10,8 +10,14 @@ Pieces, each usable on its own:
 - `gradients`: `per_task_grads` (all tasks in one `jax.jacrev` pass), `pcgrad`,
   `cosine_similarity`.
 - `methods`: `Method`, one combiner per method (`WEIGHTINGS`: equal, static, uncertainty, DWA,
-  GradNorm, PCGrad, alternating tasks), `init_state` and `make_train_step`, a thin use of
-  `jaxopt_ft.train.make_train_step` (data-parallel with ``axis_name``).
+  GradNorm, PCGrad, alternating tasks, and the balancers of `balancers`: MGDA, MGDA-UB,
+  CAGrad, Nash-MTL, IMTL, GradVac, GradDrop, RLW, Aligned-MTL, DB-MTL), `init_state` and
+  `make_train_step`, a thin use of `jaxopt_ft.train.make_train_step` (data-parallel with
+  ``axis_name``).
+- `balancing`: the balancers' pure solvers on (T, P) gradient matrices (MGDA's min-norm
+  solver, CAGrad's inner problem, Nash-MTL's bargaining equation, ...).
+- `representation`: per-task gradients w.r.t. the shared representation (``rep_grad``).
+- `architectures`: soft-sharing trunks (`MMoE`) with per-task features.
 - `evaluation`: `evaluate` (per-task test metrics).
 
 Example::
@@ -24,6 +30,16 @@ Example::
     state, summary = loop.fit(state, make_train_step(tasks, method), batches, steps=..., key=key)
 """
 
+from jaxopt_ft.multitask.architectures import MMoE as MMoE
+from jaxopt_ft.multitask.balancers import REP_GRAD_METHODS as REP_GRAD_METHODS
+from jaxopt_ft.multitask.balancers import rlw_weights as rlw_weights
+from jaxopt_ft.multitask.balancing import aligned_mtl_weights as aligned_mtl_weights
+from jaxopt_ft.multitask.balancing import cagrad_direction as cagrad_direction
+from jaxopt_ft.multitask.balancing import graddrop as graddrop
+from jaxopt_ft.multitask.balancing import gradvac_project as gradvac_project
+from jaxopt_ft.multitask.balancing import imtl_weights as imtl_weights
+from jaxopt_ft.multitask.balancing import mgda_weights as mgda_weights
+from jaxopt_ft.multitask.balancing import nash_weights as nash_weights
 from jaxopt_ft.multitask.evaluation import evaluate as evaluate
 from jaxopt_ft.multitask.gradients import SimilarityState as SimilarityState
 from jaxopt_ft.multitask.gradients import cosine_matrix as cosine_matrix
@@ -60,6 +76,16 @@ from jaxopt_ft.multitask.weighting import uncertainty_loss as uncertainty_loss
 
 __all__ = [
     "ALTERNATE",
+    "MMoE",
+    "REP_GRAD_METHODS",
+    "aligned_mtl_weights",
+    "cagrad_direction",
+    "graddrop",
+    "gradvac_project",
+    "imtl_weights",
+    "mgda_weights",
+    "nash_weights",
+    "rlw_weights",
     "DwaState",
     "GradNormState",
     "KINDS",

@@ -3,7 +3,9 @@
 A multi-task step (`jaxopt_ft.multitask.training`) is the library's one step builder with the
 vector of T task losses and a *combiner* from here that turns it into one gradient. Loss-level
 methods (``equal``, ``static``, ``uncertainty``, ``dwa``, ``alternating``) weight the losses
-and take one backward pass; gradient-level methods (``gradnorm``, ``pcgrad``) take the per-task
+and take one backward pass; gradient-level methods (``gradnorm``, ``pcgrad`` and the balancers of
+`jaxopt_ft.multitask.balancers`: ``mgda``, ``cagrad``, ``nash_mtl``, ``imtl``, ``gradvac``,
+``graddrop``, ``aligned_mtl``, ``db_mtl``; ``rlw`` weights losses at random) take the per-task
 gradients in one `per_task_grads` pass. Every
 method's state lives in ``state.aux["weighting"]``, the running gradient-similarity matrix in
 ``state.aux["similarity"]``, so `loop.fit` checkpoints and resumes them with the rest.
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,10 +27,13 @@ from jaxopt_ft import train
 from jaxopt_ft import tree as tree_lib
 from jaxopt_ft.multitask import gradients as grads_lib
 from jaxopt_ft.multitask import weighting as wt
+from jaxopt_ft.multitask.balancers import BALANCERS, REP_GRAD_METHODS
+from jaxopt_ft.multitask.combining import Weighting, metrics_of, no_state, task_grads, weighted
 from jaxopt_ft.multitask.tasks import Task
 
 PyTree = Any
 ALTERNATE = ("round_robin", "sampled")
+MGDA_NORMALIZE = ("none", "l2", "loss", "loss+")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -46,6 +51,17 @@ class Method:
             are balanced; ``""`` picks the trunk's last layer (:func:`init_state` resolves it).
         alternate: ``alternating``: ``round_robin`` (task = step mod T) or ``sampled`` (uniform,
             from the step key).
+        mgda_normalize: ``mgda``: gradient normalisation, one of :data:`MGDA_NORMALIZE`.
+        cagrad_alpha: ``cagrad``: radius c of the conflict-averse ball (0: the mean gradient).
+        cagrad_rescale: ``cagrad``: 0 (none), 1 (divide by 1 + c^2), 2 (divide by 1 + c).
+        nash_max_norm: ``nash_mtl``: the trunk update's norm clip (0: none).
+        gradvac_beta: ``gradvac``: EMA rate of the cosine targets, in (0, 1].
+        graddrop_leak: ``graddrop``: kept fraction of a dropped sign, in [0, 1].
+        db_beta: ``db_mtl``: EMA decay of the log-loss gradients, in [0, 1).
+        db_beta_sigma: ``db_mtl``: decay exponent of ``beta / step^sigma``, >= 0.
+        rep_grad: take the per-task gradients with respect to the shared representation
+            instead of the trunk parameters (`jaxopt_ft.multitask.representation`); for the
+            weight-producing methods in :data:`REP_GRAD_METHODS`.
     """
 
     name: str = "equal"
@@ -56,6 +72,15 @@ class Method:
     weight_lr: float = 0.025
     shared_layer: str = ""
     alternate: str = "round_robin"
+    mgda_normalize: str = "none"
+    cagrad_alpha: float = 0.5
+    cagrad_rescale: int = 1
+    nash_max_norm: float = 1.0
+    gradvac_beta: float = 0.5
+    graddrop_leak: float = 0.0
+    db_beta: float = 0.9
+    db_beta_sigma: float = 0.0
+    rep_grad: bool = False
 
     def __post_init__(self):
         if self.name not in WEIGHTINGS:
@@ -69,52 +94,31 @@ class Method:
             ("window", isinstance(self.window, int) and self.window >= 1, "an integer >= 1"),
             ("alpha", self.alpha >= 0, ">= 0"),
             ("weight_lr", self.weight_lr > 0, "> 0"),
+            ("cagrad_alpha", self.cagrad_alpha >= 0, ">= 0"),
+            ("cagrad_rescale", self.cagrad_rescale in (0, 1, 2), "0, 1 or 2"),
+            ("nash_max_norm", self.nash_max_norm >= 0, ">= 0 (0: no clipping)"),
+            ("gradvac_beta", 0 < self.gradvac_beta <= 1, "in (0, 1]"),
+            ("graddrop_leak", 0 <= self.graddrop_leak <= 1, "in [0, 1]"),
+            ("db_beta", 0 <= self.db_beta < 1, "in [0, 1)"),
+            ("db_beta_sigma", self.db_beta_sigma >= 0, ">= 0"),
         )
         for field, ok, want in checks:
             if not ok:
                 raise ValueError(f"Method {field} must be {want}, got {getattr(self, field)!r}.")
+        if self.mgda_normalize not in MGDA_NORMALIZE:
+            raise ValueError(
+                f"mgda_normalize={self.mgda_normalize!r} is not accepted; choose "
+                f"{', '.join(MGDA_NORMALIZE)}."
+            )
+        if self.rep_grad and self.name not in REP_GRAD_METHODS:
+            raise ValueError(
+                f"rep_grad=True is not supported by method {self.name!r}; representation "
+                f"gradients serve {', '.join(REP_GRAD_METHODS)}: set rep_grad=False."
+            )
         if self.alternate not in ALTERNATE:
             raise ValueError(
                 f"alternate={self.alternate!r} is not accepted; choose {', '.join(ALTERNATE)}."
             )
-
-
-class Weighting(NamedTuple):
-    """One method: ``init(params, num_tasks) -> (params, state)`` and its combiner.
-
-    ``combine`` has `train.mean_gradient`'s signature (with the objective returning the (T,)
-    task losses) and returns ``(Combined, stacked trunk gradients or None)``; the stacked
-    gradients, when a method has them anyway, feed the similarity matrix for free.
-    """
-
-    init: Callable[[PyTree, int], tuple[PyTree, PyTree]]
-    combine: Callable[..., tuple[train.Combined, PyTree | None]]
-
-
-def _no_state(params: PyTree, num_tasks: int) -> tuple[PyTree, PyTree]:
-    del num_tasks
-    return params, ()
-
-
-def _metrics(names, losses: jax.Array, weights: jax.Array) -> dict[str, jax.Array]:
-    out = {}
-    for i, n in enumerate(names):
-        out[f"loss_{n}"] = losses[i]
-        out[f"weight_{n}"] = weights[i]
-    return out
-
-
-def _weighted(objective, params, weights, reduce, names, aux) -> tuple[train.Combined, jax.Array]:
-    """One backward pass of ``sum_t w_t L_t``; returns (Combined, the averaged task losses)."""
-
-    def total(p):
-        losses, (_, model_state) = objective(p)
-        return jnp.sum(weights * losses), (losses, model_state)
-
-    (value, (losses, model_state)), grads = jax.value_and_grad(total, has_aux=True)(params)
-    losses = reduce(losses)
-    metrics = _metrics(names, losses, weights)
-    return train.Combined(reduce(value), reduce(grads), metrics, model_state, aux, {}), losses
 
 
 def _fixed(weights_of: Callable[[int], jax.Array]):
@@ -126,9 +130,9 @@ def _fixed(weights_of: Callable[[int], jax.Array]):
 
         def combine(objective, params, *, aux, key, step, reduce):
             del key, step
-            return _weighted(objective, params, weights, reduce, names, aux)[0], None
+            return weighted(objective, params, weights, reduce, names, aux)[0], None
 
-        return Weighting(_no_state, combine)
+        return Weighting(no_state, combine)
 
     return make
 
@@ -164,7 +168,7 @@ def _uncertainty(method: Method, tasks: tuple[Task, ...]) -> Weighting:
 
         (value, (losses, model_state)), grads = jax.value_and_grad(total, has_aux=True)(params)
         weights = factors * jnp.exp(-jnp.stack([params["log_vars"][n] for n in names]))
-        metrics = _metrics(names, reduce(losses), weights)
+        metrics = metrics_of(names, reduce(losses), weights)
         return train.Combined(reduce(value), reduce(grads), metrics, model_state, aux, {}), None
 
     return Weighting(init, combine)
@@ -180,7 +184,7 @@ def _dwa(method: Method, tasks: tuple[Task, ...]) -> Weighting:
     def combine(objective, params, *, aux, key, step, reduce):
         del key, step
         weights = wt.dwa_current(aux, temperature=method.temperature)
-        c, losses = _weighted(objective, params, weights, reduce, names, aux)
+        c, losses = weighted(objective, params, weights, reduce, names, aux)
         return c._replace(aux=wt.dwa_update(aux, losses, window=method.window)), None
 
     return Weighting(init, combine)
@@ -197,16 +201,10 @@ def _alternating(method: Method, tasks: tuple[Task, ...]) -> Weighting:
         else:
             task = jax.random.randint(key, (), 0, num)
         weights = jax.nn.one_hot(task, num, dtype=jnp.float32)
-        c, _ = _weighted(objective, params, weights, reduce, names, aux)
+        c, _ = weighted(objective, params, weights, reduce, names, aux)
         return c._replace(tx_args={"task": task}), None
 
-    return Weighting(_no_state, combine)
-
-
-def _task_grads(objective, params, reduce):
-    """(averaged losses, averaged stacked gradients, model state) in one jacrev pass."""
-    losses, stacked, (_, model_state) = grads_lib.per_task_grads(objective, params, has_aux=True)
-    return reduce(losses), reduce(stacked), model_state
+    return Weighting(no_state, combine)
 
 
 def _gradnorm(method: Method, tasks: tuple[Task, ...]) -> Weighting:
@@ -223,7 +221,7 @@ def _gradnorm(method: Method, tasks: tuple[Task, ...]) -> Weighting:
 
     def combine(objective, params, *, aux, key, step, reduce):
         del key
-        losses, stacked, model_state = _task_grads(objective, params, reduce)
+        losses, stacked, model_state = task_grads(objective, params, reduce)
         weights = aux.weights
         grads = jax.tree.map(lambda g: jnp.tensordot(weights, g, axes=1), stacked)
         layer = tree_lib.flatten(stacked["trunk"])[method.shared_layer]
@@ -238,7 +236,7 @@ def _gradnorm(method: Method, tasks: tuple[Task, ...]) -> Weighting:
             learning_rate=method.weight_lr,
         )
         value = jnp.sum(weights * losses)
-        metrics = _metrics(names, losses, weights)
+        metrics = metrics_of(names, losses, weights)
         state = wt.GradNormState(new, initial)
         return train.Combined(value, grads, metrics, model_state, state, {}), stacked["trunk"]
 
@@ -252,7 +250,7 @@ def _pcgrad(method: Method, tasks: tuple[Task, ...]) -> Weighting:
 
     def combine(objective, params, *, aux, key, step, reduce):
         del step
-        losses, stacked, model_state = _task_grads(objective, params, reduce)
+        losses, stacked, model_state = task_grads(objective, params, reduce)
         matrix = grads_lib.stacked_to_matrix(stacked["trunk"])
         projected = grads_lib.pcgrad_project(matrix, key)
         grads = {
@@ -260,11 +258,11 @@ def _pcgrad(method: Method, tasks: tuple[Task, ...]) -> Weighting:
             "heads": jax.tree.map(lambda g: g.sum(0), stacked["heads"]),
         }
         ones = jnp.ones((len(names),), jnp.float32)
-        metrics = _metrics(names, losses, ones)
+        metrics = metrics_of(names, losses, ones)
         value = jnp.sum(losses)
         return train.Combined(value, grads, metrics, model_state, aux, {}), stacked["trunk"]
 
-    return Weighting(_no_state, combine)
+    return Weighting(no_state, combine)
 
 
 WEIGHTINGS: dict[str, Callable[[Method, tuple[Task, ...]], Weighting]] = {
@@ -275,5 +273,6 @@ WEIGHTINGS: dict[str, Callable[[Method, tuple[Task, ...]], Weighting]] = {
     "gradnorm": _gradnorm,
     "pcgrad": _pcgrad,
     "alternating": _alternating,
+    **BALANCERS,
 }
 METHODS: tuple[str, ...] = tuple(WEIGHTINGS)

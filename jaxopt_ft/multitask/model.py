@@ -16,6 +16,9 @@ import jax
 from jaxopt_ft.multitask.tasks import Task
 
 PyTree = Any
+# A zero (D,) vector that representation-gradient methods add to the trunk's output to
+# differentiate the task losses with respect to the shared representation; never stored.
+REP_OFFSET = "rep_offset"
 
 
 class _Heads(nn.Module):
@@ -25,7 +28,10 @@ class _Heads(nn.Module):
     def __call__(self, h: jax.Array) -> dict[str, jax.Array]:
         out = {}
         for task in self.tasks:
-            y = nn.Dense(task.num_classes, name=task.name)(h)
+            # A soft-sharing trunk (`architectures`) gives each task its own features.
+            y = nn.Dense(task.num_classes, name=task.name)(
+                h[task.name] if isinstance(h, dict) else h
+            )
             out[task.name] = y[:, 0] if task.kind == "regression" else y
         return out
 
@@ -50,6 +56,9 @@ class MultiTaskModel(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
         """Returns ``{task: logits (B, C) or regression output (B,)}``."""
         h = self.trunk(x, train=train, features_only=True)
+        if self.has_variable("params", REP_OFFSET):  # only representation-gradient steps
+            offset = self.get_variable("params", REP_OFFSET)
+            h = jax.tree.map(lambda f: f + offset, h)
         return _Heads(self.tasks, name="heads")(h)
 
 
