@@ -275,7 +275,10 @@ def _train(config, workdir: str | None, *, debug: bool) -> None:
     main_process = parallel.is_main_process()
     _quiet_orbax_shutdown()
     with (
-        workdir_lib.lock(workdir) if main_process else contextlib.nullcontext(),
+        # Workers of one study (experiment hpo) share a workdir by design; other runs lock it.
+        workdir_lib.lock(workdir)
+        if main_process and not getattr(kind, "SHARES_WORKDIR", False)
+        else contextlib.nullcontext(),
         _stop_signals() as caught,
     ):
         identity = workdir_lib.Identity(workdir, new)

@@ -32,6 +32,7 @@ def _short(key: str, value: Any, steps: int) -> Any:
         "log_every": steps,
         "frequency": max(1, steps // 4),
         "similarity_every": max(1, steps // 4),
+        "eval_every": max(1, steps // 2),
         "dwa_window": steps,
         "timing_repeats": 2,
     }
