@@ -18,6 +18,22 @@ Phases: `dense` (`train.steps`), `prune` (50 % global magnitude, patch embedding
 `structured` (half the heads of every block, 4 -> 2, and half the MLP units, 128 -> 64, then
 `prune.structured_steps`), `qat` and `pruned_qat` (`quant.qat_steps` each).
 
+Expected test accuracy for seeds 0 / 1 / 2 (1,000 test signals), the other columns seed 0:
+
+    row               test_accuracy             params  nonzero  size_bytes  compression
+    dense             0.7970 / 0.8290 / 0.8400  68682   68682    274728
+    pruned            0.7890 / 0.8170 / 0.8330  68682   35594    172559
+    structured        0.7180 / 0.7420 / 0.7310  35594   35594    142376
+    int8_ptq          0.7960 / 0.8260 / 0.8370  68682   68197    80167       3.43
+    int8_weights      0.7960 / 0.8300 / 0.8380  68682   68197    79948       3.44
+    qat_int4          0.7970 / 0.8240 / 0.8320  68682   60414    47389       5.80
+    pruned_quantized  0.8090 / 0.8170 / 0.8310  68682   35592    39148       7.02
+
+The transformer lands at 0.80-0.84, ten points under the paper's CNN (94 %,
+`configs/mnist1d_cnn.py`) with a similar training budget. Activation ranges use the
+`percentile` observer: with `minmax` (ranges set by the rare extremes) int8_ptq lost up to 1.1
+points (0.789 / 0.829 / 0.829); with `percentile` it stays within 0.3 points of dense.
+
 Switch the model on the command line (`--config.model.name=cnn`), or run the transfer and
 multitask experiments on this transformer with `--config.model.name=transformer1d`.
 """
@@ -64,4 +80,5 @@ def get_config(arg=None):
     config.quant.qat_steps = 300
     config.quant.learning_rate = 3e-4
     config.quant.calibration_batches = 10
+    config.quant.observer = "percentile"  # minmax lost up to 1.1 points in int8_ptq
     return config
