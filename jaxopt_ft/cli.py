@@ -207,10 +207,13 @@ def main(argv) -> None:
 
 
 def _switch_model(config) -> None:
-    """Drops the config file's model options that a model chosen on the command line lacks.
+    """Drops the config file's model options when the command line chooses another model.
 
-    ``--config.model.name=mlp`` on a CNN config would otherwise fail on the CNN's ``channels``,
-    which no flag can remove. Options given on the command line are kept (and checked).
+    The file's options were chosen for the file's model: ``--config.model.name=mlp`` on a CNN
+    config would otherwise fail on the CNN's ``channels``, which no flag can remove, and an
+    option both models have can mean different things (an MLP's ``hidden`` widths, a ViT's
+    token width). The new model starts from its defaults; options given on the command line
+    are kept (and checked).
     """
     given = {a.partition("=")[0].removeprefix("--config.model.") for a in _ARGV}
     if "name" not in given or "model" not in config:
@@ -220,15 +223,14 @@ def _switch_model(config) -> None:
     name = config.model.get("name")
     if name not in models.NAMES:
         return  # validation names the accepted models
-    accepted = models.fields(name)
-    dropped = [k for k in config.model if k != "name" and k not in accepted and k not in given]
+    dropped = [k for k in config.model if k != "name" and k not in given]
     if dropped:
         with config.unlocked():
             for k in dropped:
                 del config.model[k]
         print(
             f"jaxopt-ft: note: dropped the config file's model option(s) {', '.join(dropped)}: "
-            f"not options of model {name!r}.",
+            f"model {name!r} starts from its defaults.",
             file=sys.stderr,
         )
 
