@@ -390,7 +390,7 @@ NEW = [
     "aligned_mtl",
     "db_mtl",
 ]
-STEPS = 20
+STEPS = 10
 
 
 def _run(name, strategy=None):

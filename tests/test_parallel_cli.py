@@ -84,18 +84,7 @@ def test_bad_parallel_settings_are_rejected(name, overrides, expected):
     assert expected in str(info.value), str(info.value)
 
 
-SMALL = {
-    "mnist1d_compress": {
-        "model.channels": (16, 16, 16),
-        "train.steps": 40,
-        "prune.steps": 20,
-        "prune.frequency": 5,
-        "prune.structured_steps": 5,
-        "prune.structured_rules": (("conv1", 0.25), ("conv[23]", 0.5)),
-        "eval.timing_repeats": 1,
-        "quant.qat_steps": 5,
-        "quant.calibration_batches": 1,
-    },
+SMALL = {  # compress under pmap: tests/test_parallel_fit.py and test_parallel.py
     "mnist1d_multitask": {
         "train.steps": 8,
         "model.channels": (8,),

@@ -38,7 +38,6 @@ from jaxopt_ft.experiments import common
 from jaxopt_ft.experiments import population as population_exp
 from jaxopt_ft.experiments.settings import HpoSettings as Settings
 
-
 # Workers of one study run in the same workdir at once (the CLI's workdir lock does not apply):
 # the study database serializes them, and each trial trains without writing checkpoints there.
 SHARES_WORKDIR = True
