@@ -89,6 +89,12 @@ def main() -> None:
             failures.append(f"{os.path.basename(path)}: {err}")
             print(f"  FAILED: {err}")
         figures.extend(figs)
+    out = os.path.join(BENCH, "results.json")
+    if args.only and os.path.exists(out):  # --only updates those files' figures, keeps the rest
+        with open(out) as f:
+            old = json.load(f)["figures"]
+        ran = {os.path.basename(p) for p in paths}
+        figures = [f for f in old if f.get("benchmark") not in ran] + figures
     result = {"machine": machine(), "figures": figures, "failures": failures}
     with open(os.path.join(BENCH, "results.json"), "w") as f:
         json.dump(result, f, indent=2)
