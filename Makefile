@@ -18,8 +18,8 @@ demo: $(STAMP)
 	$(VENV)/bin/jaxopt-ft --config=configs/mnist1d_compress.py --workdir=runs/demo
 	cat runs/demo/report.md
 
-test: $(STAMP)  # two workers, one test file each at a time (files share compiled fixtures)
-	$(PY) -m pytest -n 2 --dist loadfile
+test: $(STAMP)  # three workers (CLI tests wait on subprocesses), one test file each at a time
+	$(PY) -m pytest -n 3 --dist loadfile
 
 bench: $(STAMP)
 	scripts/benchmarks.sh

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging as std_logging
 import os
 import re
 import signal
@@ -310,7 +311,8 @@ def _train(config, workdir: str | None, *, debug: bool) -> None:
 
 def _quiet_orbax_shutdown() -> None:
     """Drops the tracebacks of orbax reads abandoned when a restore fails (its event loop is
-    closed by then); every other unraisable exception is reported as before."""
+    closed by then, or asyncio logs their never-retrieved exceptions); every other unraisable
+    exception and asyncio log is reported as before."""
     default = sys.unraisablehook
 
     def hook(unraisable):
@@ -325,6 +327,12 @@ def _quiet_orbax_shutdown() -> None:
         default(unraisable)
 
     sys.unraisablehook = hook
+
+    def orbax_task(record) -> bool:  # asyncio logs abandoned orbax reads' exceptions too
+        text = record.getMessage()
+        return not ("never retrieved" in text and "orbax" in text)
+
+    std_logging.getLogger("asyncio").addFilter(orbax_task)
 
 
 def _signum(caught: list[str]) -> int:
