@@ -258,6 +258,9 @@ def fit(
         checkpoints written before stay as they were.
       NonFiniteModelError: the phase ended with non-finite parameters (they are saved).
       stopping.Interrupted: a stop was requested; the state at the step reached is saved.
+
+    Over 80 lines only through this docstring: the body is a sequence of calls to the named
+    parts (``_resume``, ``compile_step``, ``_saver``, ``_stopper``, ``_run``, ``_summary``).
     """
     _check_args(steps, nan_policy, max_consecutive_nonfinite)
     strategy = strategy or parallel.make("none")

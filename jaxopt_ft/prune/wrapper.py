@@ -119,6 +119,9 @@ def wrap(
       TypeError: ``schedule`` or ``masker`` of the wrong type.
       ValueError: a dynamic sparse masker without an update fraction, rules matching no
         parameter (at ``init``), ``params=None`` (at ``update``).
+
+    Longer than 80 lines: half is this docstring, the rest the ``init`` / ``update`` closures
+    an optax transformation consists of, which share the resolved rules and the masker.
     """
     _check_pair(schedule, masker)
     inner = optax.with_extra_args_support(inner)

@@ -44,6 +44,15 @@ def _check(observer: str, momentum: float, percentile: float) -> None:
         )
 
 
+def _fold(observer: str, old: np.ndarray, new: np.ndarray, momentum: float, n: int) -> np.ndarray:
+    """One observer step: ``old`` (over ``n`` batches) and this batch's ``new`` statistics."""
+    if observer == "minmax":
+        return np.array([min(old[0], new[0]), max(old[1], new[1])])
+    if observer == "moving_average":
+        return momentum * old + (1.0 - momentum) * new
+    return old + (new - old) / (n + 1)  # percentile: running mean over batches
+
+
 def calibrate(
     model: nn.Module,
     variables: Any,
@@ -54,7 +63,7 @@ def calibrate(
     percentile: float = 99.99,
     **apply_kwargs: Any,
 ) -> dict[str, tuple[float, float]]:
-    """Observes the inputs of every Dense/Conv layer over ``batches`` and returns their ranges.
+    """Observes the inputs of every matmul / conv op over ``batches`` and returns their ranges.
 
     Args:
       model: A linen module.
@@ -108,18 +117,11 @@ def calibrate(
         batch = {k: np.asarray(v, np.float64) for k, v in stats(variables, jnp.asarray(x)).items()}
         if not batch:
             raise ValueError(
-                f"calibrate: {type(model).__name__} called no nn.Dense or nn.Conv layer, so "
+                f"calibrate: {type(model).__name__} called no matmul or conv layer, so "
                 "there is nothing to calibrate. Fix: pass a model built from nn.Dense/nn.Conv."
             )
         for k, s in batch.items():
-            if k not in state:
-                state[k] = s
-            elif observer == "minmax":
-                state[k] = np.array([min(state[k][0], s[0]), max(state[k][1], s[1])])
-            elif observer == "moving_average":
-                state[k] = momentum * state[k] + (1.0 - momentum) * s
-            else:
-                state[k] = state[k] + (s - state[k]) / (n + 1)  # running mean over batches
+            state[k] = s if k not in state else _fold(observer, state[k], s, momentum, n)
         n += 1
     if n == 0:
         raise ValueError(
